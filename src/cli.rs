@@ -1,0 +1,134 @@
+//! The command line. The words here are relied on by scripts and tests: change them only with the docs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use libp2p::{multiaddr::Protocol, Multiaddr};
+
+use crate::net::DEFAULT_PORT;
+
+#[derive(Debug, Parser)]
+#[command(name = "blenderdist", version, about = "A peer-to-peer render farm for Blender")]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Own a job folder: render its jobs on the volunteers that join, writing frames to RENDERDIR/NAME/.
+    Host(HostArgs),
+    /// Volunteer this machine's Blender to render frames for hosts.
+    Join(JoinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Folder watched for NAME.job files.
+    pub jobdir: PathBuf,
+    /// Folder receiving the frames, in RENDERDIR/NAME/.
+    pub renderdir: PathBuf,
+    /// Address to listen on, HOST:PORT or a multiaddr; repeatable. Default: 0.0.0.0:7463.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Do not announce this host on the LAN by mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Where the node key and the durable job state live. Default: RENDERDIR/.blenderdist.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Host to join: HOST, HOST:PORT or a multiaddr (with or without /p2p/ID); repeatable. None: find hosts by mDNS.
+    #[arg(value_name = "BOOTSTRAP")]
+    pub bootstrap: Vec<String>,
+    /// Do not look for hosts on the LAN by mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Where this volunteer's key and blob cache live. Default: the XDG cache dir (~/.cache/blenderdist).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The Blender to run. Default: $BLENDER, then `blender` on PATH.
+    #[arg(long, value_name = "PATH")]
+    pub blender: Option<PathBuf>,
+    /// Threads per Blender, passed as `-t` (0: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error(
+    "\"{text}\" is not an address: {reason} (use HOST, HOST:PORT or a multiaddr such as /ip4/192.168.1.5/tcp/7463)"
+)]
+pub struct AddrError {
+    pub text: String,
+    pub reason: String,
+}
+
+/// Parses `HOST`, `HOST:PORT`, `[IPV6]:PORT` or a multiaddr. `HOST` alone gets [`DEFAULT_PORT`].
+pub fn parse_addr(text: &str) -> Result<Multiaddr, AddrError> {
+    let err = |reason: &str| AddrError {
+        text: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let text = text.trim();
+    if text.starts_with('/') {
+        return text.parse::<Multiaddr>().map_err(|e| err(&e.to_string()));
+    }
+    if text.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(Multiaddr::from(ip).with(Protocol::Tcp(DEFAULT_PORT)));
+    }
+    if let Ok(sock) = text.parse::<std::net::SocketAddr>() {
+        return Ok(Multiaddr::from(sock.ip()).with(Protocol::Tcp(sock.port())));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| err("the port is not a number from 0 to 65535"))?,
+        ),
+        None => (text, DEFAULT_PORT),
+    };
+    if host.is_empty() || host.contains(['/', ':', ' ']) {
+        return Err(err("the host name is not valid"));
+    }
+    Ok(Multiaddr::empty()
+        .with(Protocol::Dns(host.to_string().into()))
+        .with(Protocol::Tcp(port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let cases: &[(&str, Result<&str, ()>)] = &[
+            ("127.0.0.1:9000", Ok("/ip4/127.0.0.1/tcp/9000")),
+            ("127.0.0.1", Ok("/ip4/127.0.0.1/tcp/7463")),
+            ("[::1]:9", Ok("/ip6/::1/tcp/9")),
+            ("::1", Ok("/ip6/::1/tcp/7463")),
+            ("render-box", Ok("/dns/render-box/tcp/7463")),
+            ("render-box:80", Ok("/dns/render-box/tcp/80")),
+            ("/ip4/10.0.0.1/tcp/5", Ok("/ip4/10.0.0.1/tcp/5")),
+            ("box:notaport", Err(())),
+            ("box:70000", Err(())),
+            ("", Err(())),
+            ("/notaproto/1", Err(())),
+        ];
+        for (text, want) in cases {
+            let got = parse_addr(text).map(|a| a.to_string()).map_err(|_| ());
+            assert_eq!(got, want.map(str::to_string), "{text}");
+        }
+        let e = parse_addr("box:x").unwrap_err().to_string();
+        assert!(e.contains("\"box:x\""), "{e}");
+    }
+}

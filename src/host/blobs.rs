@@ -1,0 +1,190 @@
+//! The host's side of the blob protocol: serves .blend files by hash, and receives the frames it asked volunteers
+//! to upload. A frame is streamed to a temp file beside RENDERDIR's job folders and verified against its hash
+//! before the event loop moves it into place; a peer can only upload a blob the host asked it for.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{
+    protocol::{read_header, write_header, BlobHash, BlobReply, BlobRequest, BLOB_PROTOCOL},
+    store::blobs::{receive_verified, send_file, BlobError},
+};
+
+/// How long a peer may take to send the first header of a stream; junk and half-open streams are dropped after it.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A frame the host agreed to receive.
+#[derive(Debug, Clone)]
+pub struct ExpectedUpload {
+    pub job: String,
+    pub frame: u32,
+    pub ext: String,
+    pub size: u64,
+}
+
+/// A verified frame waiting in the temp folder for the event loop to store it.
+pub struct FrameArrived {
+    pub peer: PeerId,
+    pub upload: ExpectedUpload,
+    pub temp: PathBuf,
+    /// Answered once the frame is stored (or refused), before the volunteer is told.
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+#[derive(Clone)]
+pub struct BlobServer {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    temp_dir: PathBuf,
+    served: Mutex<HashMap<BlobHash, PathBuf>>,
+    expected: Mutex<HashMap<(PeerId, BlobHash), ExpectedUpload>>,
+    arrivals: mpsc::Sender<FrameArrived>,
+    counter: AtomicU64,
+}
+
+impl BlobServer {
+    /// `temp_dir` must be on the same file system as the render folder, so frames are renamed into place.
+    pub fn new(temp_dir: PathBuf, arrivals: mpsc::Sender<FrameArrived>) -> anyhow::Result<Self> {
+        // Anything left there is a partial upload from before a crash.
+        let _ = std::fs::remove_dir_all(&temp_dir);
+        std::fs::create_dir_all(&temp_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the temp folder {}: {e}", temp_dir.display()))?;
+        Ok(Self {
+            inner: Arc::new(Shared {
+                temp_dir,
+                served: Mutex::default(),
+                expected: Mutex::default(),
+                arrivals,
+                counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Serve the file at `path` as the blob `hash`.
+    pub fn serve(&self, hash: BlobHash, path: PathBuf) {
+        lock(&self.inner.served).insert(hash, path);
+    }
+
+    pub fn expect(&self, peer: PeerId, hash: BlobHash, upload: ExpectedUpload) {
+        lock(&self.inner.expected).insert((peer, hash), upload);
+    }
+
+    pub fn forget_peer(&self, peer: &PeerId) {
+        lock(&self.inner.expected).retain(|(p, _), _| p != peer);
+    }
+
+    /// Accepts blob streams until the network stops.
+    pub fn spawn(&self, mut control: libp2p_stream::Control) -> anyhow::Result<()> {
+        let mut incoming = control
+            .accept(BLOB_PROTOCOL)
+            .map_err(|e| anyhow::anyhow!("cannot accept blob streams: {e}"))?;
+        let server = self.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = server.handle(peer, stream).await {
+                        debug!(%peer, "blob stream ended: {e}");
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn handle(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
+        let request: BlobRequest = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream)).await??;
+        let reply = match request {
+            BlobRequest::Get { hash } => return self.send_blob(peer, hash, stream).await,
+            BlobRequest::Put { hash, size } => self.receive_frame(peer, hash, size, &mut stream).await,
+        };
+        write_header(&mut stream, &reply).await?;
+        stream.close().await?;
+        Ok(())
+    }
+
+    async fn send_blob(&self, peer: PeerId, hash: BlobHash, mut stream: Stream) -> anyhow::Result<()> {
+        let path = lock(&self.inner.served).get(&hash).cloned();
+        let Some(path) = path else {
+            write_header(&mut stream, &BlobReply::Missing).await?;
+            return Ok(());
+        };
+        let size = tokio::fs::metadata(&path).await?.len();
+        write_header(&mut stream, &BlobReply::Found { size }).await?;
+        let sent = send_file(&path, &mut stream).await?;
+        stream.close().await?;
+        info!(
+            "sent {} ({sent} bytes, blob {}) to {peer}",
+            path.display(),
+            hash.short()
+        );
+        Ok(())
+    }
+
+    async fn receive_frame(&self, peer: PeerId, hash: BlobHash, size: u64, stream: &mut Stream) -> BlobReply {
+        let upload = lock(&self.inner.expected).remove(&(peer, hash));
+        let Some(upload) = upload else {
+            warn!(
+                "{peer} tried to upload blob {} that the host did not ask for",
+                hash.short()
+            );
+            return BlobReply::Refused {
+                reason: "this host did not ask for that blob".into(),
+            };
+        };
+        if size != upload.size {
+            return BlobReply::Refused {
+                reason: format!("announced {} bytes, now {size}", upload.size),
+            };
+        }
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let temp = self.inner.temp_dir.join(format!("{}-{n}.part", hash.short()));
+        if let Err(e) = receive_verified(stream, size, &hash, &temp).await {
+            warn!("frame {} of {} from {peer} refused: {e}", upload.frame, upload.job);
+            if matches!(e, BlobError::Recv { .. } | BlobError::SizeMismatch { .. }) {
+                // The transport failed, not the content: the volunteer may try the upload again.
+                self.expect(peer, hash, upload);
+            }
+            return BlobReply::Refused { reason: e.to_string() };
+        }
+        let (reply, answer) = oneshot::channel();
+        let arrival = FrameArrived {
+            peer,
+            upload,
+            temp: temp.clone(),
+            reply,
+        };
+        if self.inner.arrivals.send(arrival).await.is_err() {
+            let _ = std::fs::remove_file(&temp);
+            return BlobReply::Refused {
+                reason: "the host is shutting down".into(),
+            };
+        }
+        match answer.await {
+            Ok(Ok(())) => BlobReply::Stored,
+            Ok(Err(reason)) => BlobReply::Refused { reason },
+            Err(_) => BlobReply::Refused {
+                reason: "the host is shutting down".into(),
+            },
+        }
+    }
+}
+
+/// A poisoned lock only means another task panicked mid-update of a plain map; its data is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

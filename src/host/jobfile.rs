@@ -1,0 +1,452 @@
+//! Job files: how the owner asks the farm to render something.
+//!
+//! The owner drops `NAME.job` into JOBDIR. Its first three lines are the .blend file (absolute, or relative to
+//! JOBDIR), the first frame and the last frame. Later lines are `key = value` options, blank lines or `#` comments.
+//! The format is tiny and line-based so it can be written by hand, by a shell one-liner or in Notepad, which is why
+//! CRLF endings, a byte-order mark, blanks around values and blank lines at the end are all tolerated.
+//!
+//! A person fixes these files by hand, so every [`JobFileError`] names the offending line, text or path. Messages
+//! are written to follow the job file's name, e.g. `format!("{}: {err}", path.display())`.
+
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+/// Blender's MAXFRAME: a later frame cannot be rendered, so reject it here rather than on a worker.
+pub const MAX_FRAME: u32 = 1_048_574;
+/// A longer job is almost surely a typo (an extra digit), and would flood the scheduler with pointless work.
+pub const MAX_JOB_FRAMES: u32 = 1_000_000;
+/// Job files are a few lines long; a bigger file is something else misnamed, and is not worth reading into memory.
+pub const MAX_JOB_FILE_BYTES: u64 = 64 * 1024;
+
+/// One parsed job file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFile {
+    /// The file name without `.job`; unique within JOBDIR, so it identifies the job.
+    pub name: String,
+    /// The .blend to render, already joined to JOBDIR when relative so nothing later depends on the working directory.
+    pub blend: PathBuf,
+    pub first: u32,
+    pub last: u32,
+    /// Higher runs first; 0 unless the `priority` option says otherwise.
+    pub priority: i32,
+}
+
+/// One of the three fixed lines. Each always sits on the same line, so errors about it need no separate line number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Blend = 1,
+    First = 2,
+    Last = 3,
+}
+
+impl Field {
+    /// The 1-based line number of this field.
+    pub fn line(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Field::Blend => ".blend file path",
+            Field::First => "first frame",
+            Field::Last => "last frame",
+        })
+    }
+}
+
+/// Everything that can be wrong with a job file. I/O errors are kept as text so the type stays `PartialEq`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobFileError {
+    #[error("{name:?} is not a job file name: it must be NAME.job with a non-empty NAME free of control characters")]
+    BadName { name: String },
+    #[error("is a directory, not a file")]
+    IsDirectory,
+    #[error("is a dangling symbolic link (to {})", target.display())]
+    DanglingLink { target: PathBuf },
+    #[error("is not a regular file (a pipe, socket or device?)")]
+    NotAFile,
+    #[error("is {size} bytes, more than the {MAX_JOB_FILE_BYTES} a job file may have")]
+    TooLarge { size: u64 },
+    #[error("cannot be read: {0}")]
+    Unreadable(String),
+    #[error("is not UTF-8 text (the first bad byte is on line {line})")]
+    NotUtf8 { line: usize },
+    #[error("has {found} of the 3 required lines (.blend file, first frame, last frame)")]
+    MissingLines { found: usize },
+    #[error("line {}: {field} is empty", field.line())]
+    EmptyField { field: Field },
+    #[error("line {}: {field} {text:?} is not a number", field.line())]
+    NotANumber { field: Field, text: String },
+    #[error("line {}: {field} {text:?} is negative; frames start at 0", field.line())]
+    NegativeFrame { field: Field, text: String },
+    #[error("line {}: {field} {text} is past {MAX_FRAME}, the last frame Blender can render", field.line())]
+    FrameTooLarge { field: Field, text: String },
+    #[error("last frame {last} is before first frame {first}")]
+    LastBeforeFirst { first: u32, last: u32 },
+    #[error("range {first}..={last} has {frames} frames, more than the {MAX_JOB_FRAMES} a job may have")]
+    AbsurdRange { first: u32, last: u32, frames: u64 },
+    #[error("line {line}: {text:?} is not an option; options look like `key = value`")]
+    MalformedOption { line: usize, text: String },
+    #[error("unknown option {key:?} on line {line} (the known options are: priority)")]
+    UnknownOption { key: String, line: usize },
+    #[error("option {key:?} is set twice, on line {first} and line {line}")]
+    DuplicateOption { key: String, first: usize, line: usize },
+    #[error("line {line}: priority {value:?} is not a whole number from -2147483648 to 2147483647")]
+    BadPriority { line: usize, value: String },
+    #[error("the .blend file {} does not exist", path.display())]
+    BlendMissing { path: PathBuf },
+    #[error("the .blend file {} is a directory, not a file", path.display())]
+    BlendIsDirectory { path: PathBuf },
+    #[error("the .blend file {} is not a regular file", path.display())]
+    BlendNotAFile { path: PathBuf },
+    #[error("the .blend file {} cannot be read: {error}", path.display())]
+    BlendUnreadable { path: PathBuf, error: String },
+}
+
+/// Parses the text of a job file. Pure: does not touch the disk, so it is cheap to test and to re-run.
+///
+/// The first three lines are the fields, always; a leading blank line is an empty field, not skipped, so that line
+/// numbers in messages match what the owner sees in an editor. Only blank lines at the very end are ignored.
+pub fn parse_job_text(name: &str, text: &str, jobdir: &Path) -> Result<JobFile, JobFileError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines.truncate(lines.iter().rposition(|l| !l.is_empty()).map_or(0, |i| i + 1));
+    let [blend, first, last, options @ ..] = &lines[..] else {
+        return Err(JobFileError::MissingLines { found: lines.len() });
+    };
+    if blend.is_empty() {
+        return Err(JobFileError::EmptyField { field: Field::Blend });
+    }
+    let first = parse_frame(Field::First, first)?;
+    let last = parse_frame(Field::Last, last)?;
+    if last < first {
+        return Err(JobFileError::LastBeforeFirst { first, last });
+    }
+    let frames = u64::from(last - first) + 1;
+    if frames > u64::from(MAX_JOB_FRAMES) {
+        return Err(JobFileError::AbsurdRange { first, last, frames });
+    }
+
+    let mut priority = 0;
+    let mut priority_line = None;
+    for (line, raw) in (4..).zip(options) {
+        if raw.is_empty() || raw.starts_with('#') {
+            continue;
+        }
+        let split = raw.split_once('=').map(|(key, value)| (key.trim(), value.trim()));
+        let Some((key, value)) = split.filter(|(key, _)| !key.is_empty()) else {
+            let text = raw.to_string();
+            return Err(JobFileError::MalformedOption { line, text });
+        };
+        let key = key.to_string();
+        match key.as_str() {
+            "priority" => {
+                if let Some(first) = priority_line {
+                    return Err(JobFileError::DuplicateOption { key, first, line });
+                }
+                priority_line = Some(line);
+                let value = value.to_string();
+                priority = value.parse().map_err(|_| JobFileError::BadPriority { line, value })?;
+            }
+            _ => return Err(JobFileError::UnknownOption { key, line }),
+        }
+    }
+
+    let (name, blend) = (name.to_string(), jobdir.join(blend));
+    Ok(JobFile {
+        name,
+        blend,
+        first,
+        last,
+        priority,
+    })
+}
+
+/// Parses one frame number. Only plain decimal digits are accepted: `+5`, `1e3` or `1_000` are far more likely
+/// mistakes than intent, and a leading `-` gets its own message because "not a number" would be confusing.
+fn parse_frame(field: Field, text: &str) -> Result<u32, JobFileError> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    // Once all are digits, parsing can only fail by overflowing u32, which is past MAX_FRAME as well.
+    let frame = text.parse::<u32>().ok().filter(|&frame| frame <= MAX_FRAME);
+    let text = text.to_string();
+    if text.is_empty() {
+        Err(JobFileError::EmptyField { field })
+    } else if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        Err(JobFileError::NotANumber { field, text })
+    } else if digits.len() < text.len() {
+        Err(JobFileError::NegativeFrame { field, text })
+    } else {
+        frame.ok_or(JobFileError::FrameTooLarge { field, text })
+    }
+}
+
+/// Reads and parses `path` (a `NAME.job` in `jobdir`), then checks that the .blend it names is a readable file.
+///
+/// Every way the owner can get this wrong is reported instead of skipped: a folder named `.job`, a dangling link, a
+/// pipe (which would block a plain read forever), an unreadable or oversized file, non-UTF-8 text, a missing .blend
+/// or a .blend that is a directory. Checking the .blend here catches typos before any worker is bothered.
+pub fn load_job_file(path: &Path, jobdir: &Path) -> Result<JobFile, JobFileError> {
+    let Some(name) = job_name(path) else {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        return Err(JobFileError::BadName { name });
+    };
+    let unreadable = |e: std::io::Error| JobFileError::Unreadable(e.to_string());
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound && fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) => {
+            let target = fs::read_link(path).map_err(unreadable)?;
+            return Err(JobFileError::DanglingLink { target });
+        }
+        Err(e) => return Err(unreadable(e)),
+    };
+    if meta.is_dir() {
+        return Err(JobFileError::IsDirectory);
+    }
+    if !meta.is_file() {
+        return Err(JobFileError::NotAFile);
+    }
+    if meta.len() > MAX_JOB_FILE_BYTES {
+        return Err(JobFileError::TooLarge { size: meta.len() });
+    }
+    let bytes = fs::read(path).map_err(unreadable)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = e.as_bytes().iter().take(valid).filter(|&&b| b == b'\n').count() + 1;
+        JobFileError::NotUtf8 { line }
+    })?;
+    let job = parse_job_text(&name, &text, jobdir)?;
+    check_blend(&job.blend)?;
+    Ok(job)
+}
+
+/// Opens the .blend once so a typo or a permission problem shows up now, on the owner's machine, with a clear message.
+fn check_blend(blend: &Path) -> Result<(), JobFileError> {
+    let path = blend.to_path_buf();
+    let unreadable = |e: std::io::Error| JobFileError::BlendUnreadable {
+        path: blend.to_path_buf(),
+        error: e.to_string(),
+    };
+    let meta = match fs::metadata(blend) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(JobFileError::BlendMissing { path }),
+        other => other.map_err(unreadable)?,
+    };
+    if meta.is_dir() {
+        return Err(JobFileError::BlendIsDirectory { path });
+    }
+    if !meta.is_file() {
+        return Err(JobFileError::BlendNotAFile { path });
+    }
+    fs::File::open(blend).map_err(unreadable)?;
+    Ok(())
+}
+
+/// The job name for a path: the file name without `.job`, if it ends in exactly `.job` (so editor backups like
+/// `x.job~` and parked jobs like `x.job.suspend` are not jobs), the rest is non-empty, and it has no control
+/// characters (it ends up in log lines and file names on other machines).
+pub fn job_name(path: &Path) -> Option<String> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".job")?;
+    (!stem.is_empty() && !stem.chars().any(char::is_control)).then(|| stem.to_string())
+}
+
+/// Lists every entry of `jobdir` whose name ends in `.job`, sorted by name, without following into subfolders.
+///
+/// Folders, dangling links and badly named entries (`.job`, non-UTF-8 names) are listed too, so the caller can
+/// tell the owner about them via [`load_job_file`] instead of silently ignoring a job the owner thinks exists.
+pub fn scan_job_dir(jobdir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut jobs = Vec::new();
+    for entry in fs::read_dir(jobdir)? {
+        let entry = entry?;
+        if entry.file_name().as_encoded_bytes().ends_with(b".job") {
+            jobs.push(entry.path());
+        }
+    }
+    jobs.sort();
+    Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use JobFileError as E;
+
+    /// Text, then either (blend, first, last, priority) or a part of the message, which must name the culprit.
+    type Case = (&'static str, Result<(&'static str, u32, u32, i32), &'static str>);
+    #[rustfmt::skip]
+    const CASES: &[Case] = &[
+        ("a.blend\n1\n250\n", Ok(("/j/a.blend", 1, 250, 0))),
+        ("a.blend\n1\n250", Ok(("/j/a.blend", 1, 250, 0))),
+        ("a.blend\r\n1\r\n250\r\npriority = 2\r\n", Ok(("/j/a.blend", 1, 250, 2))),
+        ("\u{feff}a.blend\n1\n250\n", Ok(("/j/a.blend", 1, 250, 0))),
+        ("  a.blend \t\n 1\n\t250  \n", Ok(("/j/a.blend", 1, 250, 0))),
+        ("a.blend\n1\n250\n\n  \n\r\n", Ok(("/j/a.blend", 1, 250, 0))),
+        ("/abs/b.blend\n0\n0\n", Ok(("/abs/b.blend", 0, 0, 0))),
+        ("sub/c.blend\n5\n5\n", Ok(("/j/sub/c.blend", 5, 5, 0))),
+        ("a.blend\n48575\n1048574\n", Ok(("/j/a.blend", 48_575, MAX_FRAME, 0))),
+        ("a.blend\n1\n1000000\n", Ok(("/j/a.blend", 1, 1_000_000, 0))),
+        ("a.blend\n007\n010\n", Ok(("/j/a.blend", 7, 10, 0))),
+        ("a.blend\n1\n2\npriority=10", Ok(("/j/a.blend", 1, 2, 10))),
+        ("a.blend\n1\n2\n  priority =  -3  \n", Ok(("/j/a.blend", 1, 2, -3))),
+        ("a\n1\n2\n# urgent\n\npriority = 1\n  # done\n", Ok(("/j/a", 1, 2, 1))),
+        ("a.blend\n1\n2\n#priority = x\n", Ok(("/j/a.blend", 1, 2, 0))),
+        ("", Err("has 0 of the 3 required lines (.blend file, first frame, last frame)")),
+        ("\n \r\n\n\n", Err("has 0 of the 3 required lines")),
+        ("a.blend\n", Err("has 1 of the 3 required lines")),
+        ("a.blend\n1\n\n\n", Err("has 2 of the 3 required lines")),
+        ("\n1\n2\n", Err("line 1: .blend file path is empty")),
+        ("a.blend\n\n2\n", Err("line 2: first frame is empty")),
+        ("a.blend\nabc\n2\n", Err("line 2: first frame \"abc\" is not a number")),
+        ("a.blend\n1\nten\n", Err("line 3: last frame \"ten\" is not a number")),
+        ("a.blend\n1.5\n2\n", Err("line 2: first frame \"1.5\" is not a number")),
+        ("a.blend\n+1\n2\n", Err("line 2: first frame \"+1\" is not a number")),
+        ("a.blend\n-\n2\n", Err("line 2: first frame \"-\" is not a number")),
+        ("a.blend\n-1\n2\n", Err("line 2: first frame \"-1\" is negative; frames start at 0")),
+        ("a.blend\n1\n1048575\n", Err("line 3: last frame 1048575 is past 1048574, the last frame Blender can render")),
+        ("a.blend\n1\n4294967296\n", Err("line 3: last frame 4294967296 is past 1048574")),
+        ("a.blend\n10\n3\n", Err("last frame 3 is before first frame 10")),
+        ("a.blend\n0\n1000000\n", Err("range 0..=1000000 has 1000001 frames, more than the 1000000 a job may have")),
+        ("a.blend\n0\n1048574\n", Err("range 0..=1048574 has 1048575 frames")),
+        ("a.blend\n1\n2\nfoo = 1\n", Err("unknown option \"foo\" on line 4 (the known options are: priority)")),
+        ("a.blend\n1\n2\n\nPriority=1\n", Err("unknown option \"Priority\" on line 5")),
+        ("a\n1\n2\npriority 5\n", Err("line 4: \"priority 5\" is not an option; options look like `key = value`")),
+        ("a.blend\n1\n2\n = 5\n", Err("line 4: \"= 5\" is not an option")),
+        ("a\n1\n2\npriority=1\n#\npriority=2", Err("option \"priority\" is set twice, on line 4 and line 6")),
+        ("a\n1\n2\npriority = hi", Err("line 4: priority \"hi\" is not a whole number from -2147483648 to 2147483647")),
+        ("a.blend\n1\n2\npriority =\n", Err("line 4: priority \"\" is not a whole number")),
+        ("a\n1\n2\npriority = 2147483648", Err("line 4: priority \"2147483648\" is not a whole number")),
+    ];
+
+    #[test]
+    fn parse_table() {
+        for &(text, want) in CASES {
+            match (parse_job_text("job", text, Path::new("/j")), want) {
+                (Ok(job), Ok((blend, first, last, priority))) => {
+                    assert_eq!(job.name, "job");
+                    let want = (PathBuf::from(blend), first, last, priority);
+                    assert_eq!((job.blend, job.first, job.last, job.priority), want, "text: {text:?}");
+                }
+                (Err(err), Err(part)) => assert!(err.to_string().contains(part), "text: {text:?}, got: {err}"),
+                (got, want) => panic!("text: {text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn job_names() {
+        let cases = [
+            ("/j/shot1.job", Some("shot1")),
+            ("a b.job", Some("a b")),
+            ("x.job.job", Some("x.job")),
+            ("x.job.suspend", None),
+            ("x.job~", None),
+            (".job", None),
+            ("x.JOB", None),
+            ("x\n.job", None),
+            ("/", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(job_name(Path::new(path)).as_deref(), want, "path: {path:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    mod fs_tests {
+        use super::*;
+        use std::os::unix::fs::{symlink, PermissionsExt};
+
+        /// A JOBDIR holding `scene.blend`; keep the guard alive for the test's duration.
+        fn setup() -> (tempfile::TempDir, PathBuf) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().to_path_buf();
+            fs::write(path.join("scene.blend"), b"BLENDER").unwrap();
+            (dir, path)
+        }
+
+        fn load(dir: &Path, name: &str) -> Result<JobFile, JobFileError> {
+            load_job_file(&dir.join(name), dir)
+        }
+
+        #[test]
+        fn loads_good_job() {
+            let (_tmp, dir) = setup();
+            fs::write(dir.join("shot.job"), "scene.blend\r\n1\r\n10\r\npriority = 5\r\n").unwrap();
+            let job = load(&dir, "shot.job").unwrap();
+            assert_eq!((job.name, job.blend), ("shot".to_string(), dir.join("scene.blend")));
+            assert_eq!((job.first, job.last, job.priority), (1, 10, 5));
+        }
+
+        #[test]
+        fn reports_bad_job_files() {
+            let (_tmp, dir) = setup();
+            fs::create_dir(dir.join("folder.job")).unwrap();
+            symlink(dir.join("nowhere"), dir.join("dangling.job")).unwrap();
+            symlink(dir.join("loop.job"), dir.join("loop.job")).unwrap();
+            fs::write(dir.join("latin1.job"), b"scene.blend\n1\n10\n# caf\xe9\n").unwrap();
+            fs::write(dir.join("huge.job"), vec![b'#'; 70_000]).unwrap();
+            fs::write(dir.join(".job"), "scene.blend\n1\n2\n").unwrap();
+            fs::write(dir.join("missing.job"), "gone.blend\n1\n2\n").unwrap();
+            fs::create_dir(dir.join("dir.blend")).unwrap();
+            fs::write(dir.join("dirblend.job"), "dir.blend\n1\n2\n").unwrap();
+            symlink(dir.join("self.blend"), dir.join("self.blend")).unwrap();
+            fs::write(dir.join("loopblend.job"), "self.blend\n1\n2\n").unwrap();
+
+            // A symlink loop is the portable way to get a read error even as root (chmod 000 does not stop root).
+            let cases = [
+                ("folder.job", "is a directory, not a file"),
+                ("dangling.job", "is a dangling symbolic link (to /"),
+                ("dangling.job", "/nowhere)"),
+                ("loop.job", "cannot be read: "),
+                ("latin1.job", "is not UTF-8 text (the first bad byte is on line 4)"),
+                ("huge.job", "is 70000 bytes, more than the 65536 a job file may have"),
+                (".job", "\".job\" is not a job file name"),
+                ("missing.job", "/gone.blend does not exist"),
+                ("dirblend.job", "/dir.blend is a directory, not a file"),
+                ("loopblend.job", "/self.blend cannot be read: "),
+            ];
+            for (name, part) in cases {
+                let err = load(&dir, name).unwrap_err().to_string();
+                assert!(err.contains(part), "{name}: {err}");
+            }
+        }
+
+        #[test]
+        fn reports_pipe_instead_of_blocking() {
+            let (_tmp, dir) = setup();
+            let made = std::process::Command::new("mkfifo").arg(dir.join("pipe.job")).status();
+            if !made.is_ok_and(|s| s.success()) {
+                return; // No mkfifo here; nothing to test.
+            }
+            assert_eq!(load(&dir, "pipe.job"), Err(E::NotAFile));
+        }
+
+        #[test]
+        fn reports_unreadable_file() {
+            let (_tmp, dir) = setup();
+            let path = dir.join("locked.job");
+            fs::write(&path, "scene.blend\n1\n2\n").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
+            if fs::read(&path).is_ok() {
+                return; // Running as root: permissions do not apply (the symlink-loop case covers this path).
+            }
+            assert!(matches!(load(&dir, "locked.job"), Err(E::Unreadable(_))));
+        }
+
+        #[test]
+        fn scan_lists_only_job_entries() {
+            let (_tmp, dir) = setup();
+            for name in ["b.job", "a.job", "a.job.suspend", "a.log", "a.job~", "ajob", ".job"] {
+                fs::write(dir.join(name), "").unwrap();
+            }
+            fs::create_dir(dir.join("sub.job")).unwrap();
+            fs::create_dir(dir.join("nested")).unwrap();
+            fs::write(dir.join("nested/c.job"), "").unwrap();
+            symlink(dir.join("nowhere"), dir.join("link.job")).unwrap();
+            let want = [".job", "a.job", "b.job", "link.job", "sub.job"].map(|name| dir.join(name));
+            assert_eq!(scan_job_dir(&dir).unwrap(), want);
+            assert!(scan_job_dir(&dir.join("absent")).is_err());
+        }
+    }
+}

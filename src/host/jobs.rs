@@ -1,0 +1,211 @@
+//! Reconciles JOBDIR with the scheduler: new, changed, suspended and removed job files, and the ones that cannot
+//! be used (reported once per distinct reason, in the host's log and in `JOBDIR/NAME.log`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tracing::{info, warn};
+
+use super::{jobfile, joblog, Host};
+use crate::{
+    protocol::BlobHash,
+    scheduler::{JobChange, JobDesc},
+    store::{blobs::hash_file, state::JobRecord},
+};
+
+/// The jobs the host knows, and what it last said about the bad ones.
+#[derive(Default)]
+pub struct JobTable {
+    jobs: HashMap<String, TrackedJob>,
+    errors: HashMap<String, String>,
+    /// sha256 of .blend files by (path, size, mtime), so an unchanged file is never hashed twice.
+    hashes: HashMap<PathBuf, (u64, SystemTime, BlobHash)>,
+}
+
+struct TrackedJob {
+    file: jobfile::JobFile,
+    blend: BlobHash,
+    suspended: bool,
+    finished_reported: bool,
+}
+
+impl JobTable {
+    pub fn contains(&self, name: &str) -> bool {
+        self.jobs.contains_key(name)
+    }
+}
+
+impl Host {
+    /// Brings the scheduler in line with JOBDIR. Returns whether anything changed.
+    pub(super) async fn rescan(&mut self) -> bool {
+        let jobdir = self.config.jobdir.clone();
+        let paths = match jobfile::scan_job_dir(&jobdir) {
+            Ok(paths) => paths,
+            Err(e) => {
+                warn!("cannot list the job folder {}: {e}", jobdir.display());
+                return false;
+            }
+        };
+        let mut changed = false;
+        let mut seen = HashSet::new();
+        for path in paths {
+            let Some(name) = jobfile::job_name(&path) else { continue };
+            seen.insert(name.clone());
+            match self.load_job(&path, &jobdir).await {
+                Ok((file, blend, size)) => changed |= self.apply_job(&path, file, blend, size),
+                Err(reason) => changed |= self.reject_job(&name, reason),
+            }
+        }
+        let gone: Vec<String> = self.jobs.jobs.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+        for name in gone {
+            self.cancel_job(&name, "its job file was removed");
+            changed = true;
+        }
+        self.jobs.errors.retain(|name, _| seen.contains(name));
+        changed
+    }
+
+    async fn load_job(&mut self, path: &Path, jobdir: &Path) -> Result<(jobfile::JobFile, BlobHash, u64), String> {
+        let file = jobfile::load_job_file(path, jobdir).map_err(|e| e.to_string())?;
+        let meta = std::fs::metadata(&file.blend).map_err(|e| format!("cannot read {}: {e}", file.blend.display()))?;
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        if let Some((size, seen_mtime, hash)) = self.jobs.hashes.get(&file.blend) {
+            if *size == meta.len() && *seen_mtime == mtime {
+                return Ok((file, *hash, *size));
+            }
+        }
+        let (hash, size) = hash_file(&file.blend).await.map_err(|e| e.to_string())?;
+        self.jobs.hashes.insert(file.blend.clone(), (size, mtime, hash));
+        Ok((file, hash, size))
+    }
+
+    fn apply_job(&mut self, path: &Path, file: jobfile::JobFile, blend: BlobHash, size: u64) -> bool {
+        let name = file.name.clone();
+        let suspended = suspend_path(path).exists();
+        self.jobs.errors.remove(&name);
+        let unchanged = self
+            .jobs
+            .jobs
+            .get(&name)
+            .is_some_and(|t| t.file == file && t.blend == blend);
+        let mut changed = false;
+        if !unchanged {
+            if let Err(e) = self.upsert_job(path, &file, blend, size) {
+                return self.reject_job(&name, e);
+            }
+            self.jobs.jobs.insert(
+                name.clone(),
+                TrackedJob {
+                    file,
+                    blend,
+                    suspended: false,
+                    finished_reported: false,
+                },
+            );
+            changed = true;
+        }
+        if let Some(tracked) = self.jobs.jobs.get_mut(&name) {
+            if tracked.suspended != suspended || changed {
+                tracked.suspended = suspended;
+                self.scheduler.set_suspended(&name, suspended);
+                if suspended {
+                    info!("job {name} suspended");
+                }
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn upsert_job(&mut self, path: &Path, file: &jobfile::JobFile, blend: BlobHash, size: u64) -> Result<(), String> {
+        let record = JobRecord {
+            blend,
+            first: file.first,
+            last: file.last,
+        };
+        self.state.put_job(&file.name, &record).map_err(|e| e.to_string())?;
+        let done = self.state.done_frames(&file.name).map_err(|e| e.to_string())?;
+        let desc = JobDesc {
+            name: file.name.clone(),
+            blend,
+            blend_size: size,
+            first: file.first,
+            last: file.last,
+            priority: file.priority,
+            order: arrival_order(path),
+        };
+        let (change, _recalls) = self.scheduler.upsert_job(desc, &done);
+        self.blob_server.serve(blend, file.blend.clone());
+        let what = match change {
+            JobChange::Added => "accepted",
+            JobChange::Updated => "updated",
+            JobChange::Restarted => "restarted with a new .blend",
+            JobChange::Unchanged => return Ok(()),
+        };
+        let line = format!(
+            "{what}: frames {}..{} of {} (blob {}), {} already done",
+            file.first,
+            file.last,
+            file.blend.display(),
+            blend.short(),
+            done.iter().filter(|f| (file.first..=file.last).contains(*f)).count()
+        );
+        info!("job {}: {line}", file.name);
+        joblog::append(&self.config.jobdir, &file.name, &line);
+        Ok(())
+    }
+
+    /// Reports a job that cannot be used, once per distinct reason, and stops any earlier version of it.
+    fn reject_job(&mut self, name: &str, reason: String) -> bool {
+        let changed = self.jobs.jobs.contains_key(name);
+        if changed {
+            self.cancel_job(name, "its job file is no longer usable");
+        }
+        if self.jobs.errors.get(name) != Some(&reason) {
+            warn!("job {name}: {reason}");
+            joblog::append(&self.config.jobdir, name, &format!("rejected: {reason}"));
+            self.jobs.errors.insert(name.to_string(), reason);
+        }
+        changed
+    }
+
+    fn cancel_job(&mut self, name: &str, why: &str) {
+        self.jobs.jobs.remove(name);
+        let recalls = self.scheduler.remove_job(name);
+        info!(
+            "job {name} cancelled ({why}); {} frames in flight recalled",
+            recalls.len()
+        );
+        joblog::append(&self.config.jobdir, name, &format!("cancelled: {why}"));
+    }
+
+    /// Reports each job's completion once.
+    pub(super) fn report_finished(&mut self, name: &str) -> bool {
+        match self.jobs.jobs.get_mut(name) {
+            Some(t) if !t.finished_reported => {
+                t.finished_reported = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn suspend_path(job_path: &Path) -> PathBuf {
+    let mut s = job_path.as_os_str().to_owned();
+    s.push(".suspend");
+    PathBuf::from(s)
+}
+
+/// Jobs are served oldest job file first: the file's modification time in nanoseconds.
+fn arrival_order(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(u64::MAX)
+}

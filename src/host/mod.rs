@@ -1,0 +1,387 @@
+//! The owner of a job folder. It watches JOBDIR, feeds the scheduler, answers volunteers' claims and result
+//! notices, receives frames over blob streams and writes them to RENDERDIR/NAME/ — durably, before acknowledging.
+//!
+//! Layout: [`jobfile`] parses job files, [`jobs`] reconciles the folder with the scheduler, [`blobs`] serves .blend
+//! files and receives frames, [`joblog`] writes `JOBDIR/NAME.log`. This file holds the event loop.
+
+pub mod blobs;
+pub mod jobfile;
+pub mod joblog;
+mod jobs;
+mod watch;
+
+use std::{collections::HashMap, future::Future, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cli::{parse_addr, HostArgs},
+    net::{self, Client, NetConfig, NetEvent, DEFAULT_PORT},
+    protocol::{
+        is_frame_extension, truncate_utf8, BlobHash, FrameGrant, JobOffer, OfferedJob, WorkRequest, WorkResponse,
+        MAX_BLOB_SIZE, MAX_ERROR_TEXT, PROTOCOL_VERSION,
+    },
+    scheduler::{FailOutcome, Grant, Scheduler, SchedulerConfig, Verdict},
+    store::{keys, state::StateStore},
+};
+use blobs::{BlobServer, ExpectedUpload, FrameArrived};
+
+/// How often offers are re-published: gossipsub keeps no history for volunteers that join later.
+const OFFER_INTERVAL: Duration = Duration::from_secs(3);
+/// Lease expiry and periodic rescans are checked this often.
+const TICK: Duration = Duration::from_millis(500);
+/// Most frames one claim may take.
+const MAX_CLAIM_SLOTS: u32 = 64;
+
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub jobdir: PathBuf,
+    pub renderdir: PathBuf,
+    pub state_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+impl HostConfig {
+    pub fn from_args(args: HostArgs) -> anyhow::Result<Self> {
+        let listen = if args.listen.is_empty() {
+            vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(DEFAULT_PORT))]
+        } else {
+            args.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
+        };
+        let state_dir = args.state_dir.unwrap_or_else(|| args.renderdir.join(".blenderdist"));
+        Ok(Self {
+            jobdir: args.jobdir,
+            renderdir: args.renderdir,
+            state_dir,
+            listen,
+            mdns: !args.no_mdns,
+        })
+    }
+}
+
+/// A running host, for tests and the binary alike.
+pub struct RunningHost {
+    pub peer_id: PeerId,
+    /// The addresses it listens on, with `/p2p/ID`.
+    pub addrs: Vec<Multiaddr>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn run_cli(args: HostArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let config = HostConfig::from_args(args)?;
+    let host = start(config, shutdown).await?;
+    if let Some(addr) = best_addr(&host.addrs) {
+        println!(
+            "blenderdist host {} is ready. On each volunteer machine run:",
+            host.peer_id
+        );
+        println!("    blenderdist join {addr}");
+    }
+    host.task.await.context("the host task panicked")?
+}
+
+/// Opens the state, starts the network and the job-folder watcher, and spawns the host's event loop.
+pub async fn start(
+    config: HostConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningHost> {
+    check_dir(&config.jobdir, "job folder")?;
+    std::fs::create_dir_all(&config.renderdir)
+        .with_context(|| format!("cannot create the render folder {}", config.renderdir.display()))?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create the state folder {}", config.state_dir.display()))?;
+    let keypair = keys::load_or_create(&config.state_dir.join("node.key"))?;
+    let state = StateStore::open(&config.state_dir.join("state.redb"))?;
+    let (client, mut events) = net::spawn(NetConfig {
+        keypair,
+        is_host: true,
+        listen: config.listen.clone(),
+        bootstrap: vec![],
+        mdns: config.mdns,
+    })?;
+    let peer_id = client.peer_id();
+    // Wait until every listener is up, so the printed join line and the tests' addresses are real.
+    let mut addrs = Vec::new();
+    let mut early = Vec::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    while addrs.len() < config.listen.len() {
+        tokio::select! {
+            Some(event) = events.recv() => match event {
+                NetEvent::Listening(addr) => addrs.push(addr.with(Protocol::P2p(peer_id))),
+                other => early.push(other),
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    if addrs.is_empty() {
+        anyhow::bail!("could not listen on any of {:?}", config.listen);
+    }
+    let (arrivals_tx, arrivals) = mpsc::channel(64);
+    let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx)?;
+    blob_server.spawn(client.streams())?;
+    let watcher = watch::JobDirWatcher::start(&config.jobdir);
+    let mut host = Host {
+        scheduler: Scheduler::new(SchedulerConfig::default()),
+        jobs: jobs::JobTable::default(),
+        blob_server,
+        grant_times: HashMap::new(),
+        offer_seq: 0,
+        state,
+        client,
+        config,
+    };
+    for event in early {
+        host.on_net_event(event).await;
+    }
+    info!("host {peer_id} watching {}", host.config.jobdir.display());
+    let task = tokio::spawn(async move { host.run(events, arrivals, watcher, shutdown).await });
+    Ok(RunningHost { peer_id, addrs, task })
+}
+
+fn check_dir(dir: &std::path::Path, what: &str) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot open the {what} {}", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "the {what} {} is not a folder", dir.display());
+    Ok(())
+}
+
+/// The address to print in the join line: a non-loopback IPv4 one when there is one.
+fn best_addr(addrs: &[Multiaddr]) -> Option<&Multiaddr> {
+    let is_loopback = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
+    addrs.iter().find(|a| !is_loopback(a)).or(addrs.first())
+}
+
+fn to_wire(g: Grant) -> FrameGrant {
+    FrameGrant {
+        job: g.job,
+        frame: g.frame,
+        blend: g.blend,
+        blend_size: g.blend_size,
+    }
+}
+
+struct Host {
+    config: HostConfig,
+    client: Client,
+    state: StateStore,
+    scheduler: Scheduler<PeerId>,
+    jobs: jobs::JobTable,
+    blob_server: BlobServer,
+    /// When each frame was last granted, to log how long it took.
+    grant_times: HashMap<(String, u32), Instant>,
+    offer_seq: u64,
+}
+
+impl Host {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetEvent>,
+        mut arrivals: mpsc::Receiver<FrameArrived>,
+        mut watcher: watch::JobDirWatcher,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        let mut offer = tokio::time::interval(OFFER_INTERVAL);
+        self.rescan().await;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    info!("host shutting down");
+                    return Ok(());
+                }
+                Some(event) = events.recv() => self.on_net_event(event).await,
+                Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival),
+                // A change in JOBDIR (or the periodic fallback for file systems notify cannot watch).
+                _ = watcher.changed() => {
+                    if self.rescan().await {
+                        self.publish_offer().await;
+                    }
+                }
+                _ = tick.tick() => {
+                    for recall in self.scheduler.tick(Instant::now().into_std()) {
+                        info!("lease of frame {} of {} held by {} expired; requeued", recall.frame, recall.job, recall.peer);
+                    }
+                }
+                _ = offer.tick() => self.publish_offer().await,
+            }
+        }
+    }
+
+    async fn publish_offer(&mut self) {
+        self.offer_seq += 1;
+        let jobs = self
+            .scheduler
+            .offers()
+            .into_iter()
+            .map(|(job, pending)| OfferedJob { job, pending })
+            .collect();
+        let offer = JobOffer {
+            version: PROTOCOL_VERSION,
+            seq: self.offer_seq,
+            jobs,
+        };
+        let _ = self.client.publish(offer).await;
+    }
+
+    async fn on_net_event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Request { peer, request, channel } => {
+                let response = self.on_request(peer, request);
+                let _ = self.client.respond(channel, response).await;
+            }
+            NetEvent::PeerGone(peer) => {
+                for (job, frame) in self.scheduler.peer_gone(&peer) {
+                    info!("volunteer {peer} left; frame {frame} of {job} requeued");
+                }
+                self.blob_server.forget_peer(&peer);
+            }
+            NetEvent::Listening(_) | NetEvent::HostFound(_) | NetEvent::Offer { .. } => {}
+        }
+    }
+
+    fn on_request(&mut self, peer: PeerId, request: WorkRequest) -> WorkResponse {
+        match request {
+            WorkRequest::Claim { version, .. } if version != PROTOCOL_VERSION => WorkResponse::Refused {
+                reason: format!("this host speaks protocol version {PROTOCOL_VERSION}, the volunteer {version}"),
+            },
+            WorkRequest::Claim { slots, .. } => {
+                let now = Instant::now();
+                let grants = self
+                    .scheduler
+                    .claim(&peer, slots.clamp(1, MAX_CLAIM_SLOTS), now.into_std());
+                if grants.is_empty() {
+                    return WorkResponse::NoWork;
+                }
+                for g in &grants {
+                    debug!("frame {} of {} granted to {peer}", g.frame, g.job);
+                    self.grant_times.insert((g.job.clone(), g.frame), now);
+                }
+                WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
+            }
+            WorkRequest::Renew { job, frame } => {
+                if self.scheduler.renew(&peer, &job, frame, Instant::now().into_std()) {
+                    WorkResponse::Noted
+                } else {
+                    WorkResponse::Discard
+                }
+            }
+            WorkRequest::Rendered {
+                job,
+                frame,
+                blob,
+                size,
+                ext,
+            } => self.on_rendered(peer, job, frame, blob, size, ext),
+            WorkRequest::Failed { job, frame, mut error } => {
+                truncate_utf8(&mut error, MAX_ERROR_TEXT);
+                warn!("frame {frame} of {job} failed on {peer}: {error}");
+                if self.jobs.contains(&job) {
+                    joblog::append(
+                        &self.config.jobdir,
+                        &job,
+                        &format!("frame {frame} failed on {peer}: {error}"),
+                    );
+                }
+                if let FailOutcome::JobFailed { reason } = self.scheduler.frame_failed(&peer, &job, frame, &error) {
+                    warn!("job {job} failed: {reason}");
+                    joblog::append(&self.config.jobdir, &job, &format!("job failed: {reason}"));
+                }
+                WorkResponse::Noted
+            }
+        }
+    }
+
+    fn on_rendered(
+        &mut self,
+        peer: PeerId,
+        job: String,
+        frame: u32,
+        blob: BlobHash,
+        size: u64,
+        ext: String,
+    ) -> WorkResponse {
+        let ext = ext.to_ascii_lowercase();
+        if !is_frame_extension(&ext) || size == 0 || size > MAX_BLOB_SIZE {
+            warn!("{peer} reported frame {frame} of {job} as a {size}-byte .{ext} file; refusing it");
+            return WorkResponse::Refused {
+                reason: format!("a {size}-byte .{ext} frame is not acceptable"),
+            };
+        }
+        match self.scheduler.rendered(&peer, &job, frame) {
+            Verdict::Accept => {
+                self.blob_server
+                    .expect(peer, blob, ExpectedUpload { job, frame, ext, size });
+                WorkResponse::Upload
+            }
+            Verdict::Discard => WorkResponse::Discard,
+        }
+    }
+
+    /// A verified frame is in the temp folder: move it into place, then record it as done, in that order, so a
+    /// crash in between only costs a re-render.
+    fn on_frame_arrived(&mut self, arrival: FrameArrived) {
+        let FrameArrived {
+            peer,
+            upload,
+            temp,
+            reply,
+        } = arrival;
+        let result = self.store_frame(peer, &upload, &temp);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        let _ = reply.send(result);
+    }
+
+    fn store_frame(&mut self, peer: PeerId, upload: &ExpectedUpload, temp: &std::path::Path) -> Result<(), String> {
+        let ExpectedUpload { job, frame, ext, .. } = upload;
+        if !self.jobs.contains(job) || self.scheduler.rendered(&peer, job, *frame) == Verdict::Discard {
+            return Err(format!("frame {frame} of {job} is no longer wanted"));
+        }
+        let dir = self.config.renderdir.join(job);
+        let target = dir.join(format!("{frame:04}.{ext}"));
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::rename(temp, &target))
+            .and_then(|_| std::fs::File::open(&dir)?.sync_all())
+            .map_err(|e| {
+                warn!("cannot write {}: {e}", target.display());
+                format!("the host cannot write frame {frame} of {job}")
+            })?;
+        if let Err(e) = self.state.mark_done(job, *frame) {
+            warn!("cannot record frame {frame} of {job} as done: {e}");
+            return Err(format!("the host cannot record frame {frame} of {job}"));
+        }
+        for recall in self.scheduler.frame_stored(job, *frame) {
+            debug!(
+                "frame {} of {} done elsewhere; {} may stop",
+                recall.frame, recall.job, recall.peer
+            );
+        }
+        let took = self
+            .grant_times
+            .remove(&(job.clone(), *frame))
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        info!(
+            "frame {frame} of {job} done by {peer} in {took:.1}s: {}",
+            target.display()
+        );
+        joblog::append(
+            &self.config.jobdir,
+            job,
+            &format!("frame {frame} done by {peer} in {took:.1}s"),
+        );
+        if let Some(status) = self.scheduler.status(job) {
+            if status.finished && self.report_finished(job) {
+                info!("job {job} finished: {} frames in {}", status.total, dir.display());
+                joblog::append(&self.config.jobdir, job, &format!("finished: {} frames", status.total));
+            }
+        }
+        Ok(())
+    }
+}

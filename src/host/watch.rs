@@ -1,0 +1,59 @@
+//! Tells the host when JOBDIR may have changed: at once through notify, and every second regardless, because
+//! notify is blind on some file systems (network mounts, some containers).
+
+use std::{path::Path, time::Duration};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// The fallback rescan period; also the bound on how late a change is seen.
+const RESCAN: Duration = Duration::from_secs(1);
+
+pub struct JobDirWatcher {
+    /// Kept alive for as long as we want notify events.
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::Receiver<()>,
+    rescan: tokio::time::Interval,
+}
+
+impl JobDirWatcher {
+    pub fn start(jobdir: &Path) -> Self {
+        let (tx, events) = mpsc::channel(1);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Reads (our own rescans among them) change nothing.
+            if event.is_ok_and(|e| e.kind.is_access()) {
+                return;
+            }
+            // A full channel already holds a wake-up; dropping this one loses nothing.
+            let _ = tx.try_send(());
+        })
+        .and_then(|mut w| w.watch(jobdir, RecursiveMode::NonRecursive).map(|_| w));
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(
+                    "cannot watch {} ({e}); rescanning it every second instead",
+                    jobdir.display()
+                );
+                None
+            }
+        };
+        Self {
+            _watcher: watcher,
+            events,
+            rescan: tokio::time::interval(RESCAN),
+        }
+    }
+
+    /// Resolves when the folder should be rescanned. Cancellation-safe: it is one arm of the host's `select!`.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            Some(()) = self.events.recv() => {
+                // One rescan covers a burst of events.
+                while self.events.try_recv().is_ok() {}
+            }
+            _ = self.rescan.tick() => {}
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! blenderdist: a peer-to-peer render farm for Blender.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap), and the conversion of its addresses into multiaddrs.
+//! - [`protocol`]: every wire type, the protocol names and the size limits.
+//! - [`net`]: the one event loop that owns the libp2p swarm, and the `Client` handle the rest of the code uses.
+//! - [`scheduler`]: pure state of jobs, frames and leases; inputs in, decisions out, no I/O.
+//! - [`store`]: durable host state (redb), the content-addressed blob store, node keys.
+//! - [`host`]: the owner: watches the job folder, runs the scheduler, answers volunteers, writes frames.
+//! - [`worker`]: the volunteer: claims frames, fetches blobs, renders, returns results.
+//! - [`worker::blender`]: the only code that starts Blender.
+
+pub mod cli;
+pub mod host;
+pub mod net;
+pub mod protocol;
+pub mod scheduler;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,66 @@
+//! The libp2p behaviour every blenderdist node runs, owner and volunteer alike.
+
+use std::time::Duration;
+
+use libp2p::{
+    gossipsub, identify, identity::Keypair, mdns, ping, request_response, swarm::behaviour::toggle::Toggle,
+    swarm::NetworkBehaviour,
+};
+
+use crate::protocol::{WorkRequest, WorkResponse, IDENTIFY_PROTOCOL, MAX_OFFER, MAX_WORK_MESSAGE, WORK_PROTOCOL};
+
+/// Agent string prefix an owner announces through identify, so volunteers can claim at once instead of waiting for
+/// the next offer.
+pub const HOST_AGENT: &str = "blenderdist-host/";
+pub const VOLUNTEER_AGENT: &str = "blenderdist-volunteer/";
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    /// Off with `--no-mdns`, so parallel tests never see each other.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub work: request_response::cbor::Behaviour<WorkRequest, WorkResponse>,
+    pub stream: libp2p_stream::Behaviour,
+}
+
+impl Behaviour {
+    pub fn new(key: &Keypair, is_host: bool, use_mdns: bool) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let agent = if is_host { HOST_AGENT } else { VOLUNTEER_AGENT };
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                .with_agent_version(format!("{agent}{}", env!("CARGO_PKG_VERSION"))),
+        );
+        let mdns = if use_mdns {
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                key.public().to_peer_id(),
+            )?)
+        } else {
+            None
+        };
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_secs(1))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .max_transmit_size(MAX_OFFER + 4096)
+            .build()?;
+        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+        let codec = request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(MAX_WORK_MESSAGE)
+            .set_response_size_maximum(MAX_WORK_MESSAGE);
+        let work = request_response::Behaviour::with_codec(
+            codec,
+            [(WORK_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        );
+        Ok(Self {
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            mdns: Toggle::from(mdns),
+            gossipsub,
+            work,
+            stream: libp2p_stream::Behaviour::new(),
+        })
+    }
+}

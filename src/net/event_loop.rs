@@ -1,0 +1,313 @@
+//! The loop that owns the `Swarm`: it turns swarm events into [`NetEvent`]s and [`Command`]s into swarm calls, and
+//! keeps the bootstrap peers connected.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use libp2p::{
+    gossipsub, identify, mdns,
+    multiaddr::Protocol,
+    ping, request_response,
+    swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
+    Multiaddr, PeerId, Swarm,
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Duration, Instant},
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    behaviour::{Behaviour, BehaviourEvent, HOST_AGENT},
+    Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
+};
+use crate::protocol::{decode_offer, encode_offer, WorkResponse, IDENTIFY_PROTOCOL, OFFER_TOPIC};
+
+/// A bootstrap address we keep a connection to.
+struct Bootstrap {
+    addr: Multiaddr,
+    /// Known from the address's `/p2p/` part, or learnt on the first connection.
+    peer: Option<PeerId>,
+    connected: bool,
+    /// The dial in flight, to recognise its connection even when the address was a DNS name.
+    dialing: Option<ConnectionId>,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+pub(super) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    topic: gossipsub::IdentTopic,
+    pending_requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<WorkResponse, NetError>>>,
+    bootstrap: Vec<Bootstrap>,
+    /// Peers seen by mDNS that we are dialling or connected to, so each is dialled once.
+    discovered: HashSet<PeerId>,
+    is_host: bool,
+}
+
+impl EventLoop {
+    pub(super) fn new(
+        mut swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        bootstrap: Vec<Multiaddr>,
+        is_host: bool,
+    ) -> Result<Self, String> {
+        let topic = gossipsub::IdentTopic::new(OFFER_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let bootstrap = bootstrap
+            .into_iter()
+            .map(|addr| Bootstrap {
+                peer: peer_of(&addr),
+                addr,
+                connected: false,
+                dialing: None,
+                next_dial: now,
+                backoff: REDIAL_MIN,
+            })
+            .collect();
+        Ok(Self {
+            swarm,
+            commands,
+            events,
+            topic,
+            pending_requests: HashMap::new(),
+            bootstrap,
+            discovered: HashSet::new(),
+            is_host,
+        })
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut redial = tokio::time::interval(REDIAL_MIN / 2);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    // Every client is gone: the node is shutting down.
+                    None => return,
+                },
+                // Bootstrap peers that went away are redialled on a capped backoff, so volunteers resume by themselves.
+                _ = redial.tick() => self.redial(),
+            }
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        for b in self.bootstrap.iter_mut().filter(|b| !b.connected && b.next_dial <= now) {
+            debug!(addr = %b.addr, "dialling bootstrap peer");
+            let opts = match b.peer {
+                Some(peer) => DialOpts::peer_id(peer).addresses(vec![b.addr.clone()]).build(),
+                None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
+            };
+            b.dialing = Some(opts.connection_id());
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(addr = %b.addr, "dial not started: {e}");
+                b.dialing = None;
+            }
+            b.next_dial = now + b.backoff;
+            b.backoff = (b.backoff * 2).min(REDIAL_MAX);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().work.send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                // Fails only when the peer is gone or the request timed out; the peer retries on its own.
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .work
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!("response not sent: the requesting peer is gone");
+                }
+            }
+            Command::Publish { offer } => match encode_offer(&offer) {
+                Ok(bytes) => {
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+                        // Normal until a volunteer subscribes; offers are re-published periodically.
+                        debug!("offer not published: {e}");
+                    }
+                }
+                Err(e) => warn!("offer not encodable: {e}"),
+            },
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    async fn emit(&mut self, event: NetEvent) {
+        // The receiver only goes away at shutdown.
+        let _ = self.events.send(event).await;
+    }
+
+    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!("listening on {address}");
+                self.emit(NetEvent::Listening(address)).await;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, connection_id, ..
+            } => {
+                debug!(%peer_id, "connected");
+                for b in &mut self.bootstrap {
+                    if b.peer == Some(peer_id) || b.dialing == Some(connection_id) {
+                        b.peer = Some(peer_id);
+                        b.connected = true;
+                        b.dialing = None;
+                        b.backoff = REDIAL_MIN;
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                debug!(%peer_id, ?cause, "disconnected");
+                self.discovered.remove(&peer_id);
+                let now = Instant::now();
+                for b in self.bootstrap.iter_mut().filter(|b| b.peer == Some(peer_id)) {
+                    b.connected = false;
+                    b.next_dial = now + REDIAL_MIN;
+                }
+                self.emit(NetEvent::PeerGone(peer_id)).await;
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
+                debug!(?peer_id, "dial failed: {error}");
+                for b in self.bootstrap.iter_mut().filter(|b| b.dialing == Some(connection_id)) {
+                    b.dialing = None;
+                }
+                if let Some(peer) = peer_id {
+                    self.discovered.remove(&peer);
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr, error, ..
+            } => {
+                // Junk bytes, port scans and half-open handshakes end here; they cost the node nothing else.
+                debug!(%send_back_addr, "incoming connection failed: {error}");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
+            _ => {}
+        }
+    }
+
+    async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != IDENTIFY_PROTOCOL {
+                    warn!(
+                        %peer_id,
+                        "refusing peer: it speaks {}, this node speaks {IDENTIFY_PROTOCOL}", info.protocol_version
+                    );
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                } else if info.agent_version.starts_with(HOST_AGENT) {
+                    self.emit(NetEvent::HostFound(peer_id)).await;
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            }) => {
+                // A peer that stops answering pings is treated as gone, so its frames are requeued promptly.
+                debug!(%peer, "ping failed: {e}; closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                // Only volunteers dial what they discover; owners wait to be found.
+                if self.is_host {
+                    return;
+                }
+                for (peer, addr) in found {
+                    if self.swarm.is_connected(&peer) || !self.discovered.insert(peer) {
+                        continue;
+                    }
+                    info!(%peer, %addr, "found a peer on the LAN");
+                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(%peer, "dial not started: {e}");
+                        self.discovered.remove(&peer);
+                    }
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                // Strict validation: `source` is the verified author, not the forwarding peer.
+                let Some(from) = message.source else { return };
+                match decode_offer(&message.data) {
+                    Ok(offer) => self.emit(NetEvent::Offer { from, offer }).await,
+                    Err(e) => warn!(%from, "ignoring an undecodable offer: {e}"),
+                }
+            }
+            BehaviourEvent::Work(event) => self.on_work_event(event).await,
+            _ => {}
+        }
+    }
+
+    async fn on_work_event(&mut self, event: request_response::Event<crate::protocol::WorkRequest, WorkResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.emit(NetEvent::Request { peer, request, channel }).await;
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, "inbound work request failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// The `/p2p/ID` part of an address, if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}

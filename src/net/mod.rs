@@ -1,0 +1,179 @@
+//! The only module that knows libp2p. [`spawn`] starts one event loop that owns the `Swarm` (no locks) and returns
+//! a cloneable [`Client`] whose async methods send it commands, and a channel of [`NetEvent`]s for the owner or the
+//! volunteer. Blobs bypass the loop: [`Client::streams`] hands out libp2p-stream controls.
+
+mod behaviour;
+mod event_loop;
+
+use std::time::Duration;
+
+use libp2p::{identity::Keypair, noise, request_response::ResponseChannel, tcp, yamux, Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+pub use behaviour::{HOST_AGENT, VOLUNTEER_AGENT};
+use event_loop::EventLoop;
+
+use crate::protocol::{JobOffer, WorkRequest, WorkResponse};
+
+/// The TCP port a host listens on when `--listen` is not given, and a bootstrap `HOST` without a port dials.
+pub const DEFAULT_PORT: u16 = 7463;
+
+/// Bootstrap dials back off from this delay, doubling up to [`REDIAL_MAX`], and start over once connected.
+pub const REDIAL_MIN: Duration = Duration::from_millis(500);
+pub const REDIAL_MAX: Duration = Duration::from_secs(4);
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub keypair: Keypair,
+    pub is_host: bool,
+    pub listen: Vec<Multiaddr>,
+    /// Addresses to keep connected to, redialled with a capped backoff whenever the connection is down.
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+/// What the network tells its owner.
+#[derive(Debug)]
+pub enum NetEvent {
+    Listening(Multiaddr),
+    /// A peer identified itself as a blenderdist owner.
+    HostFound(PeerId),
+    /// The last connection to a peer closed.
+    PeerGone(PeerId),
+    /// A signed offer on the offer topic; `from` is its verified author.
+    Offer {
+        from: PeerId,
+        offer: JobOffer,
+    },
+    /// A work request to answer with [`Client::respond`].
+    Request {
+        peer: PeerId,
+        request: WorkRequest,
+        channel: ResponseChannel<WorkResponse>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("the network loop has stopped")]
+    Stopped,
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("cannot start the network: {0}")]
+    Setup(String),
+}
+
+pub(crate) enum Command {
+    Request {
+        peer: PeerId,
+        request: WorkRequest,
+        reply: oneshot::Sender<Result<WorkResponse, NetError>>,
+    },
+    Respond {
+        channel: ResponseChannel<WorkResponse>,
+        response: WorkResponse,
+    },
+    Publish {
+        offer: JobOffer,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+}
+
+/// A cheap, cloneable handle on the event loop.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    peer_id: PeerId,
+}
+
+impl Client {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// A control for opening and accepting blob streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    pub async fn request(&self, peer: PeerId, request: WorkRequest) -> Result<WorkResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request { peer, request, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    pub async fn respond(
+        &self,
+        channel: ResponseChannel<WorkResponse>,
+        response: WorkResponse,
+    ) -> Result<(), NetError> {
+        self.send(Command::Respond { channel, response }).await
+    }
+
+    pub async fn publish(&self, offer: JobOffer) -> Result<(), NetError> {
+        self.send(Command::Publish { offer }).await
+    }
+
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ListenAddrs { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands.send(command).await.map_err(|_| NetError::Stopped)
+    }
+}
+
+/// Builds the swarm, starts listening and dialling, and spawns its event loop on the current tokio runtime. The loop
+/// ends when every [`Client`] is dropped.
+pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_dns()
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key| behaviour::Behaviour::new(key, config.is_host, config.mdns))
+        .map_err(|e| setup(&e))?
+        // Volunteers render for minutes between messages; connections must outlive that. Ping detects dead peers.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Setup(format!("cannot listen on {addr}: {e}")))?;
+    }
+    let control = swarm.behaviour().stream.new_control();
+    let (commands, command_rx) = mpsc::channel(256);
+    let (events, event_rx) = mpsc::channel(1024);
+    let peer_id = *swarm.local_peer_id();
+    let event_loop =
+        EventLoop::new(swarm, command_rx, events, config.bootstrap, config.is_host).map_err(NetError::Setup)?;
+    tokio::spawn(event_loop.run());
+    Ok((
+        Client {
+            commands,
+            control,
+            peer_id,
+        },
+        event_rx,
+    ))
+}

@@ -1,0 +1,289 @@
+//! Every type that crosses the wire, the protocol names and the size limits.
+//!
+//! Goals: a volunteer and an owner agree on work (offers, claims, grants, result notices) with small CBOR messages,
+//! and move large, content-addressed blobs (.blend files, rendered frames) over raw streams that never hold a whole
+//! blob in memory. Non-goals: authentication beyond libp2p's noise handshake and gossipsub's signatures (see
+//! docs/SECURITY.md), and NAT traversal.
+//!
+//! Compatibility: new enum variants are only ever added at the end; a change that an older peer cannot ignore bumps
+//! [`PROTOCOL_VERSION`] and the version in the protocol names.
+
+use std::fmt;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the whole blenderdist protocol; peers with another version refuse each other.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Identify's protocol string: peers that announce another one are not blenderdist nodes of our version.
+pub const IDENTIFY_PROTOCOL: &str = "/blenderdist/1";
+/// Gossipsub topic on which an owner announces its jobs.
+pub const OFFER_TOPIC: &str = "blenderdist/offers/1";
+/// Request-response protocol for claims, grants and result notices.
+pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/work/1");
+/// Raw-stream protocol for content-addressed blobs, both directions.
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/blob/1");
+
+/// Largest work request or response (CBOR); grants and notices are a few hundred bytes.
+pub const MAX_WORK_MESSAGE: u64 = 64 * 1024;
+/// Largest gossipsub offer.
+pub const MAX_OFFER: usize = 60 * 1024;
+/// Largest length-prefixed header on a blob stream.
+pub const MAX_BLOB_HEADER: u32 = 4 * 1024;
+/// Largest blob a node serves or accepts (a .blend or a frame); streamed, never held in memory.
+pub const MAX_BLOB_SIZE: u64 = 64 * 1024 * 1024 * 1024;
+/// Longest job name accepted from the wire.
+pub const MAX_JOB_NAME: usize = 255;
+/// Longest error text a volunteer may report for a frame.
+pub const MAX_ERROR_TEXT: usize = 8 * 1024;
+
+/// A sha256 digest naming a blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    pub fn from_hasher(hasher: Sha256) -> Self {
+        Self(hasher.finalize().into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    /// The first 8 hex digits, for logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobHash({})", self.short())
+    }
+}
+
+impl fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Published by an owner on [`OFFER_TOPIC`] when its jobs change and every few seconds (gossipsub keeps no history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOffer {
+    pub version: u32,
+    /// Increases with every publication, so identical re-publications are not dropped as duplicates.
+    pub seq: u64,
+    pub jobs: Vec<OfferedJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferedJob {
+    pub job: String,
+    /// Frames not yet granted.
+    pub pending: u32,
+}
+
+/// Volunteer → owner over [`WORK_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkRequest {
+    /// Ask for up to `slots` frames.
+    Claim { version: u32, slots: u32 },
+    /// A granted frame rendered; its blob is `size` bytes with hash `blob`. The owner answers `Upload` or `Discard`.
+    Rendered {
+        job: String,
+        frame: u32,
+        blob: BlobHash,
+        size: u64,
+        ext: String,
+    },
+    /// A granted frame failed to render.
+    Failed { job: String, frame: u32, error: String },
+    /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
+    Renew { job: String, frame: u32 },
+}
+
+/// Owner → volunteer over [`WORK_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkResponse {
+    Granted(Vec<FrameGrant>),
+    /// Nothing to hand out now; wait for the next offer.
+    NoWork,
+    /// Push the rendered blob over [`BLOB_PROTOCOL`] now.
+    Upload,
+    /// The frame is no longer wanted (done by someone else, or the job is gone).
+    Discard,
+    /// A failure report was recorded.
+    Noted,
+    /// The request cannot be served; the reason names what is wrong (for example both protocol versions).
+    Refused {
+        reason: String,
+    },
+}
+
+/// One frame leased to a volunteer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameGrant {
+    pub job: String,
+    pub frame: u32,
+    pub blend: BlobHash,
+    pub blend_size: u64,
+}
+
+/// First message on a [`BLOB_PROTOCOL`] stream, from the side that opened it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlobRequest {
+    /// Send me the blob with this hash. Answered by a [`BlobReply`], then `size` raw bytes when `Found`.
+    Get { hash: BlobHash },
+    /// Here come `size` raw bytes of the blob with this hash. Answered by a [`BlobReply`] once stored.
+    Put { hash: BlobHash, size: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlobReply {
+    Found { size: u64 },
+    Missing,
+    Stored,
+    Refused { reason: String },
+}
+
+/// Errors reading or writing the framed headers of a blob stream.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("header of {0} bytes is over the {MAX_BLOB_HEADER}-byte limit")]
+    TooLarge(u32),
+    #[error("undecodable header: {0}")]
+    Decode(String),
+    #[error("unencodable header: {0}")]
+    Encode(String),
+}
+
+/// Writes a header as a 4-byte big-endian length and CBOR.
+pub async fn write_header<W, T>(io: &mut W, value: &T) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let bytes = cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| WireError::Encode(e.to_string()))?;
+    let len = u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge(u32::MAX))?;
+    if len > MAX_BLOB_HEADER {
+        return Err(WireError::TooLarge(len));
+    }
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+/// Reads a header written by [`write_header`], refusing anything over [`MAX_BLOB_HEADER`].
+pub async fn read_header<R, T>(io: &mut R) -> Result<T, WireError>
+where
+    R: AsyncRead + Unpin,
+    T: for<'de> Deserialize<'de>,
+{
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_BLOB_HEADER {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len as usize];
+    io.read_exact(&mut buf).await?;
+    cbor4ii::serde::from_slice(&buf).map_err(|e| WireError::Decode(e.to_string()))
+}
+
+/// Encodes an offer for gossipsub.
+pub fn encode_offer(offer: &JobOffer) -> Result<Vec<u8>, WireError> {
+    cbor4ii::serde::to_vec(Vec::new(), offer).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// Decodes an offer from gossipsub, refusing oversized ones.
+pub fn decode_offer(bytes: &[u8]) -> Result<JobOffer, WireError> {
+    if bytes.len() > MAX_OFFER {
+        return Err(WireError::TooLarge(bytes.len() as u32));
+    }
+    cbor4ii::serde::from_slice(bytes).map_err(|e| WireError::Decode(e.to_string()))
+}
+
+/// Frame file extensions an owner accepts from a volunteer: image formats Blender writes. Anything else is refused,
+/// so a peer can never choose a path outside the job's folder.
+pub const FRAME_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "exr", "tif", "tiff", "bmp", "tga", "webp", "jp2", "j2c", "hdr", "dpx", "cin", "rgb", "sgi",
+];
+
+pub fn is_frame_extension(ext: &str) -> bool {
+    FRAME_EXTENSIONS.contains(&ext)
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, for texts bound by a limit above.
+pub fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn header_roundtrip_and_limits() {
+        let mut buf = Vec::new();
+        let req = BlobRequest::Put {
+            hash: BlobHash::of_bytes(b"x"),
+            size: 1,
+        };
+        write_header(&mut buf, &req).await.unwrap();
+        let back: BlobRequest = read_header(&mut buf.as_slice()).await.unwrap();
+        assert_eq!(back, req);
+
+        let mut huge = (MAX_BLOB_HEADER + 1).to_be_bytes().to_vec();
+        huge.extend([0u8; 16]);
+        let err = read_header::<_, BlobRequest>(&mut huge.as_slice()).await.unwrap_err();
+        assert!(matches!(err, WireError::TooLarge(_)), "{err}");
+
+        let junk = [0u8, 0, 0, 3, 0xff, 0xff, 0xff];
+        let err = read_header::<_, BlobRequest>(&mut &junk[..]).await.unwrap_err();
+        assert!(matches!(err, WireError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn hash_hex_roundtrip() {
+        let h = BlobHash::of_bytes(b"hello");
+        assert_eq!(BlobHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(h.short().len(), 8);
+        assert_eq!(BlobHash::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn junk_offer_is_an_error() {
+        assert!(decode_offer(b"\xff\x00junk").is_err());
+        let offer = JobOffer {
+            version: 1,
+            seq: 7,
+            jobs: vec![OfferedJob {
+                job: "a".into(),
+                pending: 3,
+            }],
+        };
+        assert_eq!(decode_offer(&encode_offer(&offer).unwrap()).unwrap(), offer);
+    }
+}

@@ -1,0 +1,480 @@
+//! The owner's frame scheduler: which volunteer renders which frame of which job, and when to give up on one.
+//!
+//! It is a pure state machine in the style of raft-rs: time (`now`) and messages (claims, reports, departures) are
+//! inputs, and everything the caller must act on (grants, recalls, requeued frames, verdicts) comes back as data. It
+//! reads no clock, touches no file and never awaits, so every rule below is tested by feeding inputs in order, and
+//! the host's event loop stays the only place with side effects.
+//!
+//! Model. A job is a range of frames of one .blend. A frame is pending, leased (to one peer, or to two when a backup
+//! copy races a straggler in the tail) or done. Leases expire unless renewed, so a silent volunteer cannot sit on
+//! work. Results are judged by whether the frame is still wanted, not by whether the lease is still current: a late
+//! result from a peer that held the frame (in this incarnation of the job) is as good as a fresh one while nobody has
+//! finished it. Frames are done at most once; the host persists "done" and feeds it back through
+//! [`Scheduler::upsert_job`] after a restart.
+//!
+//! Cost. Per job, one byte per frame plus small maps for the frames that are leased, requeued or failed (about
+//! 100 KiB for 100,000 frames). A claim is amortised O(1) per granted frame plus O(log n) for requeued ones; tick,
+//! peer departure and backup selection walk the current leases, which number at most the volunteers' slots.
+
+mod job;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use job::{FrameState, Job};
+
+/// Content hash of a job's .blend; a different hash means a different scene, so all rendered frames are stale.
+pub type BlendHash = crate::protocol::BlobHash;
+
+/// Largest number of frames one job may have; frames past `first + MAX_JOB_FRAMES - 1` are ignored. One byte per
+/// frame is kept, so this bounds a job's memory at 16 MiB even for a bogus range such as `0..=u32::MAX`.
+pub const MAX_JOB_FRAMES: u32 = 1 << 24;
+
+/// Tuning knobs; the defaults suit frames that take seconds to minutes and volunteers renewing every few seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// A lease not renewed for this long expires and its frame goes back to the queue.
+    pub lease_timeout: Duration,
+    /// In the tail (nothing pending), a frame leased this long gets a backup copy on an idle volunteer, so one slow
+    /// machine cannot hold up the end of a job.
+    pub backup_after: Duration,
+    /// A peer failing this many distinct frames of a job is not given that job any more (at least 1).
+    pub max_peer_failures: u32,
+    /// A frame failing on this many distinct peers fails the job: the scene is broken, not the volunteers.
+    pub max_frame_failures: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease_timeout: Duration::from_secs(30),
+            backup_after: Duration::from_secs(180),
+            max_peer_failures: 3,
+            max_frame_failures: 3,
+        }
+    }
+}
+
+/// A job as the owner describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDesc {
+    pub name: String,
+    pub blend: BlendHash,
+    pub blend_size: u64,
+    /// First frame, inclusive.
+    pub first: u32,
+    /// Last frame, inclusive; a range with `last < first` has no frames.
+    pub last: u32,
+    /// Higher is served first.
+    pub priority: i32,
+    /// Arrival order: among equal priorities, lower (older) is served first.
+    pub order: u64,
+}
+
+/// What [`Scheduler::upsert_job`] did with a job description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobChange {
+    /// The job is new.
+    Added,
+    /// Same description as before (newly listed done frames may still have been marked).
+    Unchanged,
+    /// Priority, order, size or range changed: done frames inside the new range are kept, leases of frames now outside
+    /// it are recalled.
+    Updated,
+    /// The .blend hash changed: every frame is pending again, all leases are recalled, failures are forgotten, and
+    /// the `done` list is ignored (it describes the old scene). The caller drops its stored frames of the old scene.
+    Restarted,
+}
+
+/// A frame leased to a volunteer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub job: String,
+    pub frame: u32,
+    pub blend: BlendHash,
+    pub blend_size: u64,
+}
+
+/// Answer to "I rendered job/frame; may I upload it?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Discard,
+}
+
+/// Tell `peer` to stop working on `job`/`frame`: it is done elsewhere, no longer wanted, or its lease expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recall<P> {
+    pub peer: P,
+    pub job: String,
+    pub frame: u32,
+}
+
+/// What became of a frame after a failure report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// The frame is pending again, for another peer (never one that already failed it). Also the answer for a job
+    /// that had already failed: the frame waits until the job is revived, and the failure is not reported twice.
+    Retry,
+    /// This report failed the job (returned once per failure): it hands out nothing more until it is restarted with a
+    /// new .blend, its range drops the frame, or [`Scheduler::clear_failures`].
+    JobFailed { reason: String },
+    /// A stale report: unknown job, frame out of range or already done, or a peer that never held the frame in this
+    /// incarnation of the job. Nothing changed.
+    Ignored,
+}
+
+/// Progress of one job; `leased` counts frames, not holders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobStatus {
+    pub total: u32,
+    pub done: u32,
+    pub leased: u32,
+    pub pending: u32,
+    pub suspended: bool,
+    pub failed: Option<String>,
+    pub finished: bool,
+}
+
+/// Jobs are kept sorted by this key, so iteration order is service order: priority high to low, then oldest first
+/// (the name only breaks exact ties deterministically).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ServiceKey {
+    priority: Reverse<i32>,
+    order: u64,
+    name: String,
+}
+
+impl ServiceKey {
+    fn of(desc: &JobDesc) -> Self {
+        ServiceKey {
+            priority: Reverse(desc.priority),
+            order: desc.order,
+            name: desc.name.clone(),
+        }
+    }
+}
+
+/// The owner's scheduler over peers of type `P` (a libp2p `PeerId` in the real program).
+#[derive(Debug)]
+pub struct Scheduler<P> {
+    config: SchedulerConfig,
+    jobs: BTreeMap<ServiceKey, Job<P>>,
+    keys: HashMap<String, ServiceKey>,
+}
+
+fn recall<P>(job: &str, frame: u32, peer: P) -> Recall<P> {
+    Recall {
+        peer,
+        job: job.to_owned(),
+        frame,
+    }
+}
+
+impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler {
+            config,
+            jobs: BTreeMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    fn job(&self, name: &str) -> Option<&Job<P>> {
+        self.jobs.get(self.keys.get(name)?)
+    }
+
+    fn job_mut(&mut self, name: &str) -> Option<&mut Job<P>> {
+        self.jobs.get_mut(self.keys.get(name)?)
+    }
+
+    /// Adds or updates a job. `done`: frames already finished (from durable state); ignored if outside the range,
+    /// and ignored on [`JobChange::Restarted`]. For an existing job, listed frames are marked done too (durable state
+    /// wins) and their holders recalled.
+    pub fn upsert_job(&mut self, desc: JobDesc, done: &[u32]) -> (JobChange, Vec<Recall<P>>) {
+        let Some(old_key) = self.keys.get(&desc.name).cloned() else {
+            self.keys.insert(desc.name.clone(), ServiceKey::of(&desc));
+            self.jobs.insert(ServiceKey::of(&desc), Job::new(desc, done));
+            return (JobChange::Added, Vec::new());
+        };
+        let Some(mut job) = self.jobs.remove(&old_key) else {
+            // Unreachable while `keys` and `jobs` agree; treat as new rather than panic.
+            self.keys.insert(desc.name.clone(), ServiceKey::of(&desc));
+            self.jobs.insert(ServiceKey::of(&desc), Job::new(desc, done));
+            return (JobChange::Added, Vec::new());
+        };
+        let name = desc.name.clone();
+        let key = ServiceKey::of(&desc);
+        let (change, dropped) = if job.desc.blend != desc.blend {
+            let dropped = job.take_all_leases();
+            let suspended = job.suspended;
+            job = Job::new(desc, &[]);
+            job.suspended = suspended;
+            (JobChange::Restarted, dropped)
+        } else {
+            let change = if job.desc == desc {
+                JobChange::Unchanged
+            } else {
+                JobChange::Updated
+            };
+            let mut dropped = Vec::new();
+            if (job.desc.first, job.desc.last) != (desc.first, desc.last) {
+                dropped = job.rerange(desc.first, desc.last);
+            }
+            job.desc = desc;
+            for &frame in done {
+                dropped.extend(job.mark_done(frame).into_iter().map(|peer| (frame, peer)));
+            }
+            (change, dropped)
+        };
+        let recalls = dropped
+            .into_iter()
+            .map(|(frame, peer)| recall(&name, frame, peer))
+            .collect();
+        self.keys.insert(name, key.clone());
+        self.jobs.insert(key, job);
+        (change, recalls)
+    }
+
+    /// Forgets a job; every in-flight frame is recalled.
+    pub fn remove_job(&mut self, name: &str) -> Vec<Recall<P>> {
+        let Some(key) = self.keys.remove(name) else {
+            return Vec::new();
+        };
+        let Some(mut job) = self.jobs.remove(&key) else {
+            return Vec::new();
+        };
+        job.take_all_leases()
+            .into_iter()
+            .map(|(frame, peer)| recall(name, frame, peer))
+            .collect()
+    }
+
+    /// A suspended job grants nothing new; in-flight leases continue and their results are kept, so suspending is
+    /// cheap to undo.
+    pub fn set_suspended(&mut self, name: &str, suspended: bool) {
+        if let Some(job) = self.job_mut(name) {
+            job.suspended = suspended;
+        }
+    }
+
+    /// Forgets a job's failure, its frames' failure counts and its blocklist, e.g. after the owner fixed a volunteer
+    /// problem without changing the .blend. Returns false for an unknown job.
+    pub fn clear_failures(&mut self, name: &str) -> bool {
+        let Some(job) = self.job_mut(name) else { return false };
+        job.failed = None;
+        job.frame_failures.clear();
+        job.peer_failures.clear();
+        true
+    }
+
+    /// Leases up to `slots` frames to `peer`: highest-priority, oldest job first, lowest frame first, skipping
+    /// suspended, failed and finished jobs, jobs that blocklist the peer and frames it failed. Slots left over when
+    /// nothing is pending for this peer go to backup copies: per job in service order, the frame out the longest, if
+    /// out for at least `backup_after`, held by one peer that is not this one and not already uploading.
+    pub fn claim(&mut self, peer: &P, slots: u32, now: Instant) -> Vec<Grant> {
+        let want = slots as usize;
+        let max_peer_failures = self.config.max_peer_failures;
+        let mut grants = Vec::new();
+        for job in self.jobs.values_mut() {
+            if grants.len() >= want {
+                return grants;
+            }
+            if !job.serves(peer, max_peer_failures) || job.pending == 0 {
+                continue;
+            }
+            for frame in job.take_pending(peer, want - grants.len(), now) {
+                grants.push(grant(&job.desc, frame));
+            }
+        }
+        'backups: while grants.len() < want {
+            for job in self.jobs.values_mut() {
+                if !job.serves(peer, max_peer_failures) {
+                    continue;
+                }
+                if let Some(frame) = job.backup_candidate(peer, now, self.config.backup_after) {
+                    job.add_holder(frame, peer, now);
+                    grants.push(grant(&job.desc, frame));
+                    continue 'backups;
+                }
+            }
+            break;
+        }
+        grants
+    }
+
+    /// Extends `peer`'s lease on a frame. False if it holds none (it expired, was recalled, or never existed): the
+    /// peer should stop.
+    pub fn renew(&mut self, peer: &P, job: &str, frame: u32, now: Instant) -> bool {
+        let Some(holder) = self.job_mut(job).and_then(|j| j.holder_mut(peer, frame)) else {
+            return false;
+        };
+        holder.renewed = now;
+        true
+    }
+
+    /// Extends every lease `peer` holds, for protocols where any message from a peer is its heartbeat. Returns how
+    /// many leases it holds.
+    pub fn renew_peer(&mut self, peer: &P, now: Instant) -> usize {
+        let mut count = 0;
+        for job in self.jobs.values_mut() {
+            for holder in job.leases.values_mut().flatten().filter(|h| &h.peer == peer) {
+                holder.renewed = now;
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Answer to "I rendered job/frame; may I upload?". Accept when the job exists, the frame is in range and not
+    /// done, and the peer holds a lease on it or lost one by expiry or departure (a late result is welcome while the
+    /// frame is not done). Discard otherwise, including from a peer whose lease was recalled by a restart with a new
+    /// .blend: the wire report names no .blend, so the lease history is what tells a stale scene apart.
+    ///
+    /// An accepted holder stays a holder (it is not backed up, and not recalled when another copy wins), and its lease
+    /// still expires: the caller renews it while the upload streams in.
+    pub fn rendered(&mut self, peer: &P, job: &str, frame: u32) -> Verdict {
+        let Some(job) = self.job_mut(job) else {
+            return Verdict::Discard;
+        };
+        match job.state(frame) {
+            None | Some(FrameState::Done) => return Verdict::Discard,
+            Some(FrameState::Pending | FrameState::Leased) => {}
+        }
+        if let Some(holder) = job.holder_mut(peer, frame) {
+            holder.rendered = true;
+            return Verdict::Accept;
+        }
+        if job.is_late(peer, frame) {
+            Verdict::Accept
+        } else {
+            Verdict::Discard
+        }
+    }
+
+    /// The frame is stored: marks it done (idempotent; unknown job or frame is a no-op). Holders still rendering it
+    /// (a backup, or the original when the backup won) are recalled.
+    pub fn frame_stored(&mut self, job: &str, frame: u32) -> Vec<Recall<P>> {
+        let Some(j) = self.job_mut(job) else { return Vec::new() };
+        j.mark_done(frame)
+            .into_iter()
+            .map(|peer| recall(job, frame, peer))
+            .collect()
+    }
+
+    /// `peer` failed to render a frame. Its lease is dropped and the frame goes back to the queue for other peers;
+    /// the failure counts towards the frame (`max_frame_failures` distinct peers fail the job, with a reason quoting
+    /// `error`) and towards the peer (`max_peer_failures` distinct frames blocklist it for this job).
+    pub fn frame_failed(&mut self, peer: &P, job: &str, frame: u32, error: &str) -> FailOutcome {
+        let max_frame_failures = self.config.max_frame_failures.max(1) as usize;
+        let Some(j) = self.job_mut(job) else {
+            return FailOutcome::Ignored;
+        };
+        match j.state(frame) {
+            None | Some(FrameState::Done) => return FailOutcome::Ignored,
+            Some(FrameState::Pending | FrameState::Leased) => {}
+        }
+        let held = j.drop_holder(frame, peer);
+        if !held && !j.is_late(peer, frame) {
+            return FailOutcome::Ignored;
+        }
+        j.forget_late(frame, peer);
+        let failures = j.record_failure(peer, frame);
+        if j.failed.is_none() && failures >= max_frame_failures {
+            let reason = format!("frame {frame} failed on {failures} volunteers; last error: {error}");
+            j.failed = Some((frame, reason.clone()));
+            return FailOutcome::JobFailed { reason };
+        }
+        FailOutcome::Retry
+    }
+
+    /// `peer` left: all its leases are dropped at once. Returns them (job, frame); a frame still held by a backup is
+    /// not pending again. Its result, should it come back, is still accepted while the frame is not done.
+    pub fn peer_gone(&mut self, peer: &P) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for job in self.jobs.values_mut() {
+            for frame in job.drop_peer(peer) {
+                out.push((job.desc.name.clone(), frame));
+            }
+        }
+        out
+    }
+
+    /// Expires leases not renewed within `lease_timeout`: the frame is requeued (unless a backup still holds it) and
+    /// the peer told to stop.
+    pub fn tick(&mut self, now: Instant) -> Vec<Recall<P>> {
+        let mut recalls = Vec::new();
+        for job in self.jobs.values_mut() {
+            for (frame, peer) in job.expire(now, self.config.lease_timeout) {
+                recalls.push(recall(&job.desc.name, frame, peer));
+            }
+        }
+        recalls
+    }
+
+    /// Jobs open for volunteers (not suspended, failed or finished), in service order, with their pending frames
+    /// (zero in the tail, when everything left is leased).
+    pub fn offers(&self) -> Vec<(String, u32)> {
+        self.jobs
+            .values()
+            .filter(|j| j.eligible())
+            .map(|j| (j.desc.name.clone(), j.pending))
+            .collect()
+    }
+
+    /// Whether a claim by `peer` would get a pending frame. Backup copies are not considered: they depend on the time.
+    pub fn has_work_for(&self, peer: &P) -> bool {
+        self.jobs
+            .values()
+            .any(|j| j.serves(peer, self.config.max_peer_failures) && j.has_pending_for(peer))
+    }
+
+    pub fn status(&self, name: &str) -> Option<JobStatus> {
+        let job = self.job(name)?;
+        Some(JobStatus {
+            total: job.total(),
+            done: job.done,
+            leased: job.leased,
+            pending: job.pending,
+            suspended: job.suspended,
+            failed: job.failed.as_ref().map(|(_, reason)| reason.clone()),
+            finished: job.finished(),
+        })
+    }
+
+    /// Job names in service order.
+    pub fn jobs(&self) -> impl Iterator<Item = &str> {
+        self.jobs.values().map(|j| j.desc.name.as_str())
+    }
+
+    /// The frames `peer` holds leases on, as (job, frame), e.g. to re-announce them after a reconnect.
+    pub fn leases_of(&self, peer: &P) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for job in self.jobs.values() {
+            for (&frame, holders) in &job.leases {
+                if holders.iter().any(|h| &h.peer == peer) {
+                    out.push((job.desc.name.clone(), frame));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn grant(desc: &JobDesc, frame: u32) -> Grant {
+    Grant {
+        job: desc.name.clone(),
+        frame,
+        blend: desc.blend,
+        blend_size: desc.blend_size,
+    }
+}

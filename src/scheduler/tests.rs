@@ -1,0 +1,887 @@
+//! Scenario tests: each is a list of steps (an input and the output it must produce) run through [`run`], which also
+//! checks the scheduler's internal invariants after every step.
+
+use std::time::{Duration, Instant};
+
+use super::job::FrameState;
+use super::*;
+
+type P = &'static str;
+type S = Scheduler<P>;
+/// (peer, job, frame) of an expected recall.
+type R = (P, &'static str, u32);
+
+/// The only line to change if [`BlendHash`] becomes a newtype: `BlobHash([n; 32])`.
+fn blend(n: u8) -> BlendHash {
+    crate::protocol::BlobHash([n; 32])
+}
+
+fn desc(name: &str, first: u32, last: u32, priority: i32, order: u64) -> JobDesc {
+    JobDesc {
+        name: name.to_owned(),
+        blend: blend(1),
+        blend_size: 1000,
+        first,
+        last,
+        priority,
+        order,
+    }
+}
+
+/// A fresh job status with only the counters set.
+fn st(total: u32, done: u32, leased: u32, pending: u32) -> JobStatus {
+    JobStatus {
+        total,
+        done,
+        leased,
+        pending,
+        suspended: false,
+        failed: None,
+        finished: done == total,
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[derive(Debug)]
+enum Fail {
+    Retry,
+    /// The job failed and the reason contains this text.
+    JobFailed(&'static str),
+    Ignored,
+}
+
+/// One input and its expected output. Times are seconds since the start of the scenario.
+#[derive(Debug)]
+enum Step {
+    Upsert(JobDesc, &'static [u32], JobChange, &'static [R]),
+    Remove(&'static str, &'static [R]),
+    Suspend(&'static str, bool),
+    Claim(P, u32, u64, &'static [(&'static str, u32)]),
+    Renew(P, &'static str, u32, u64, bool),
+    Rendered(P, &'static str, u32, Verdict),
+    Stored(&'static str, u32, &'static [R]),
+    Failed(P, &'static str, u32, &'static str, Fail),
+    Gone(P, &'static [(&'static str, u32)]),
+    Tick(u64, &'static [R]),
+    Status(&'static str, Option<JobStatus>),
+    /// The job's failure reason contains this text.
+    FailedWith(&'static str, &'static str),
+    Offers(&'static [(&'static str, u32)]),
+    HasWork(P, bool),
+    Jobs(&'static [&'static str]),
+}
+use Step::*;
+
+struct Harness {
+    s: S,
+    start: Instant,
+}
+
+impl Harness {
+    fn new(config: SchedulerConfig) -> Self {
+        Harness {
+            s: Scheduler::new(config),
+            start: Instant::now(),
+        }
+    }
+
+    fn at(&self, t: u64) -> Instant {
+        self.start + secs(t)
+    }
+
+    fn run(&mut self, steps: Vec<Step>) {
+        for (i, step) in steps.into_iter().enumerate() {
+            let context = format!("step {i}: {step:?}");
+            self.step(step, &context);
+            check_invariants(&self.s, &context);
+        }
+    }
+
+    fn step(&mut self, step: Step, context: &str) {
+        match step {
+            Upsert(desc, done, change, recalls) => {
+                let (got, got_recalls) = self.s.upsert_job(desc, done);
+                assert_eq!(got, change, "{context}");
+                assert_recalls(got_recalls, recalls, context);
+            }
+            Remove(name, recalls) => assert_recalls(self.s.remove_job(name), recalls, context),
+            Suspend(name, suspended) => self.s.set_suspended(name, suspended),
+            Claim(peer, slots, t, frames) => {
+                let got = self.s.claim(&peer, slots, self.at(t));
+                let got: Vec<(&str, u32)> = got.iter().map(|g| (g.job.as_str(), g.frame)).collect();
+                assert_eq!(got, frames, "{context}");
+            }
+            Renew(peer, job, frame, t, ok) => assert_eq!(self.s.renew(&peer, job, frame, self.at(t)), ok, "{context}"),
+            Rendered(peer, job, frame, verdict) => assert_eq!(self.s.rendered(&peer, job, frame), verdict, "{context}"),
+            Stored(job, frame, recalls) => assert_recalls(self.s.frame_stored(job, frame), recalls, context),
+            Failed(peer, job, frame, error, expected) => {
+                let got = self.s.frame_failed(&peer, job, frame, error);
+                match (&got, expected) {
+                    (FailOutcome::Retry, Fail::Retry) | (FailOutcome::Ignored, Fail::Ignored) => {}
+                    (FailOutcome::JobFailed { reason }, Fail::JobFailed(text)) if reason.contains(text) => {}
+                    (got, expected) => panic!("{context}: got {got:?}, expected {expected:?}"),
+                }
+            }
+            Gone(peer, frames) => {
+                let mut got = self.s.peer_gone(&peer);
+                got.sort();
+                let mut expected: Vec<(String, u32)> = frames.iter().map(|&(j, f)| (j.to_owned(), f)).collect();
+                expected.sort();
+                assert_eq!(got, expected, "{context}");
+            }
+            Tick(t, recalls) => assert_recalls(self.s.tick(self.at(t)), recalls, context),
+            Status(name, status) => assert_eq!(self.s.status(name), status, "{context}"),
+            FailedWith(name, text) => {
+                let failed = self.s.status(name).and_then(|s| s.failed);
+                assert!(
+                    failed.as_deref().is_some_and(|r| r.contains(text)),
+                    "{context}: {failed:?}"
+                );
+            }
+            Offers(offers) => {
+                let expected: Vec<(String, u32)> = offers.iter().map(|&(j, n)| (j.to_owned(), n)).collect();
+                assert_eq!(self.s.offers(), expected, "{context}");
+            }
+            HasWork(peer, yes) => assert_eq!(self.s.has_work_for(&peer), yes, "{context}"),
+            Jobs(names) => assert_eq!(self.s.jobs().collect::<Vec<_>>(), names, "{context}"),
+        }
+    }
+}
+
+fn assert_recalls(got: Vec<Recall<P>>, expected: &[R], context: &str) {
+    let mut got: Vec<(P, String, u32)> = got.into_iter().map(|r| (r.peer, r.job, r.frame)).collect();
+    got.sort();
+    let mut expected: Vec<(P, String, u32)> = expected.iter().map(|&(p, j, f)| (p, j.to_owned(), f)).collect();
+    expected.sort();
+    assert_eq!(got, expected, "{context}");
+}
+
+fn run(config: SchedulerConfig, steps: Vec<Step>) -> Harness {
+    let mut h = Harness::new(config);
+    h.run(steps);
+    h
+}
+
+/// Everything the scheduler's speed and correctness rely on: counters match the frame table, leases exist exactly for
+/// leased frames, and the cursor/requeued split covers every pending frame once.
+fn check_invariants(s: &S, context: &str) {
+    assert_eq!(s.jobs.len(), s.keys.len(), "{context}");
+    for (key, job) in &s.jobs {
+        let name = &job.desc.name;
+        assert_eq!(s.keys.get(name), Some(key), "{context}");
+        let count = |state| job.frames.iter().filter(|&&x| x == state).count() as u32;
+        assert_eq!(job.pending, count(FrameState::Pending), "{context}: {name} pending");
+        assert_eq!(job.leased, count(FrameState::Leased), "{context}: {name} leased");
+        assert_eq!(job.done, count(FrameState::Done), "{context}: {name} done");
+        assert_eq!(job.leases.len() as u32, job.leased, "{context}: {name} lease map");
+        for (&frame, holders) in &job.leases {
+            assert_eq!(job.state(frame), Some(FrameState::Leased), "{context}: {name}/{frame}");
+            assert!(
+                !holders.is_empty() && holders.len() <= 2,
+                "{context}: {name}/{frame} {holders:?}"
+            );
+            assert!(
+                holders.len() < 2 || holders[0].peer != holders[1].peer,
+                "{context}: {name}/{frame}"
+            );
+        }
+        for &frame in &job.requeued {
+            let idx = job.index(frame).expect("requeued frame in range");
+            assert!(
+                idx < job.cursor,
+                "{context}: {name}/{frame} requeued ahead of the cursor"
+            );
+            assert_eq!(
+                job.frames[idx],
+                FrameState::Pending,
+                "{context}: {name}/{frame} requeued"
+            );
+        }
+        let behind = job.frames[..job.cursor.min(job.frames.len())]
+            .iter()
+            .filter(|&&x| x == FrameState::Pending);
+        assert_eq!(behind.count(), job.requeued.len(), "{context}: {name} requeued set");
+        for frame in job.late.keys() {
+            assert!(
+                job.index(*frame).is_some(),
+                "{context}: {name}/{frame} late but out of range"
+            );
+            assert_ne!(
+                job.state(*frame),
+                Some(FrameState::Done),
+                "{context}: {name}/{frame} late but done"
+            );
+        }
+    }
+}
+
+#[test]
+fn jobs_are_served_by_priority_then_order() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("low", 1, 3, 0, 1), &[], JobChange::Added, &[]),
+            Upsert(desc("high", 1, 2, 5, 3), &[], JobChange::Added, &[]),
+            Upsert(desc("old", 10, 11, 0, 0), &[], JobChange::Added, &[]),
+            Jobs(&["high", "old", "low"]),
+            Offers(&[("high", 2), ("old", 2), ("low", 3)]),
+            Claim("a", 3, 0, &[("high", 1), ("high", 2), ("old", 10)]),
+            Claim("b", 2, 0, &[("old", 11), ("low", 1)]),
+            Claim("c", 5, 0, &[("low", 2), ("low", 3)]),
+            Claim("d", 1, 0, &[]),
+            Offers(&[("high", 0), ("old", 0), ("low", 0)]),
+            // A priority change reorders service.
+            Upsert(desc("low", 1, 3, 9, 1), &[], JobChange::Updated, &[]),
+            Jobs(&["low", "high", "old"]),
+        ],
+    );
+}
+
+#[test]
+fn claims_fill_many_slots_across_jobs() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Added, &[]),
+            Upsert(desc("k", 1, 3, 0, 1), &[], JobChange::Added, &[]),
+            Claim("a", 0, 0, &[]),
+            Claim("a", 5, 0, &[("j", 1), ("j", 2), ("j", 3), ("k", 1), ("k", 2)]),
+            Claim("b", u32::MAX, 0, &[("k", 3)]),
+            Status("j", Some(st(3, 0, 3, 0))),
+        ],
+    );
+}
+
+#[test]
+fn suspended_job_is_skipped_and_resumed() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("a", 1, 4, 0, 0), &[], JobChange::Added, &[]),
+            Upsert(desc("b", 1, 2, 0, 1), &[], JobChange::Added, &[]),
+            Claim("p", 1, 0, &[("a", 1)]),
+            Suspend("a", true),
+            Status(
+                "a",
+                Some(JobStatus {
+                    suspended: true,
+                    ..st(4, 0, 1, 3)
+                }),
+            ),
+            Offers(&[("b", 2)]),
+            Claim("p", 2, 0, &[("b", 1), ("b", 2)]),
+            // In-flight work on the suspended job goes on and is kept.
+            Renew("p", "a", 1, 10, true),
+            Rendered("p", "a", 1, Verdict::Accept),
+            Stored("a", 1, &[]),
+            Claim("q", 1, 10, &[]),
+            HasWork("q", false),
+            Suspend("a", false),
+            HasWork("q", true),
+            Claim("q", 1, 10, &[("a", 2)]),
+            Status("a", Some(st(4, 1, 1, 2))),
+            Suspend("nope", true),
+        ],
+    );
+}
+
+#[test]
+fn range_edit_keeps_done_frames_and_recalls_leases_outside() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 10, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 3, 0, &[("j", 1), ("j", 2), ("j", 3)]),
+            Claim("b", 2, 0, &[("j", 4), ("j", 5)]),
+            Rendered("a", "j", 1, Verdict::Accept),
+            Stored("j", 1, &[]),
+            Rendered("a", "j", 2, Verdict::Accept),
+            Stored("j", 2, &[]),
+            Upsert(desc("j", 2, 4, 0, 0), &[], JobChange::Updated, &[("b", "j", 5)]),
+            Status("j", Some(st(3, 1, 2, 0))),
+            Rendered("b", "j", 5, Verdict::Discard),
+            Rendered("a", "j", 3, Verdict::Accept),
+            // Growing again: frame 1 fell out of the range, so only durable state can say it is done.
+            Upsert(desc("j", 0, 6, 0, 0), &[1], JobChange::Updated, &[]),
+            Status("j", Some(st(7, 2, 2, 3))),
+            Claim("c", 10, 1, &[("j", 0), ("j", 5), ("j", 6)]),
+            // Leases inside the range survived the edits.
+            Renew("a", "j", 3, 1, true),
+            Renew("b", "j", 4, 1, true),
+            Renew("b", "j", 5, 1, false),
+        ],
+    );
+}
+
+#[test]
+fn blend_change_restarts_the_job() {
+    let mut h = run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 2, 0, &[("j", 1), ("j", 2)]),
+            Failed("a", "j", 1, "oom", Fail::Retry),
+            Rendered("a", "j", 2, Verdict::Accept),
+            Stored("j", 2, &[]),
+            Claim("b", 1, 0, &[("j", 1)]),
+            Claim("a", 1, 0, &[("j", 3)]),
+            Suspend("j", true),
+            Upsert(
+                JobDesc {
+                    blend: blend(2),
+                    ..desc("j", 1, 3, 0, 0)
+                },
+                &[3],
+                JobChange::Restarted,
+                &[("a", "j", 3), ("b", "j", 1)],
+            ),
+            // Everything pending again (the done list describes the old scene), suspension kept.
+            Status(
+                "j",
+                Some(JobStatus {
+                    suspended: true,
+                    ..st(3, 0, 0, 3)
+                }),
+            ),
+            Rendered("a", "j", 3, Verdict::Discard),
+            Failed("b", "j", 1, "x", Fail::Ignored),
+            Suspend("j", false),
+            // The old failure is forgotten: `a` may render frame 1 of the new scene.
+            Claim("a", 1, 0, &[("j", 1)]),
+        ],
+    );
+    let grants = h.s.claim(&"c", 1, h.at(0));
+    assert_eq!(
+        grants,
+        vec![Grant {
+            job: "j".into(),
+            frame: 2,
+            blend: blend(2),
+            blend_size: 1000
+        }]
+    );
+}
+
+#[test]
+fn upsert_reports_unchanged_and_applies_done_frames() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Added, &[]),
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Unchanged, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            // Durable state wins: a frame listed as done is done, and its holder stops.
+            Upsert(desc("j", 1, 3, 0, 0), &[1], JobChange::Unchanged, &[("a", "j", 1)]),
+            Status("j", Some(st(3, 1, 0, 2))),
+            Upsert(
+                JobDesc {
+                    blend_size: 5,
+                    ..desc("j", 1, 3, 0, 0)
+                },
+                &[],
+                JobChange::Updated,
+                &[],
+            ),
+            Upsert(desc("j", 1, 3, 0, 7), &[], JobChange::Updated, &[]),
+            Claim("b", 1, 0, &[("j", 2)]),
+        ],
+    );
+}
+
+#[test]
+fn remove_recalls_in_flight_frames() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 5, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 2, 0, &[("j", 1), ("j", 2)]),
+            Claim("b", 1, 0, &[("j", 3)]),
+            Remove("j", &[("a", "j", 1), ("a", "j", 2), ("b", "j", 3)]),
+            Status("j", None),
+            Offers(&[]),
+            Rendered("a", "j", 1, Verdict::Discard),
+            Failed("a", "j", 1, "x", Fail::Ignored),
+            Stored("j", 1, &[]),
+            Remove("j", &[]),
+            // A job re-added under the same name is a new incarnation: old holders' results are not taken.
+            Upsert(desc("j", 1, 5, 0, 0), &[], JobChange::Added, &[]),
+            Rendered("a", "j", 1, Verdict::Discard),
+        ],
+    );
+}
+
+#[test]
+fn peer_gone_requeues_its_frames() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 4, 0, 0), &[], JobChange::Added, &[]),
+            Upsert(desc("k", 1, 1, 0, 1), &[], JobChange::Added, &[]),
+            Claim("a", 2, 0, &[("j", 1), ("j", 2)]),
+            Claim("b", 1, 0, &[("j", 3)]),
+            Claim("a", 2, 0, &[("j", 4), ("k", 1)]),
+            Gone("a", &[("j", 1), ("j", 2), ("j", 4), ("k", 1)]),
+            Status("j", Some(st(4, 0, 1, 3))),
+            Claim("c", 5, 1, &[("j", 1), ("j", 2), ("j", 4), ("k", 1)]),
+            Gone("x", &[]),
+            // If `a` comes back with a result, it is still welcome: frame 1 is not done.
+            Rendered("a", "j", 1, Verdict::Accept),
+            Stored("j", 1, &[("c", "j", 1)]),
+        ],
+    );
+}
+
+#[test]
+fn leases_expire_on_tick() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 2, 0, &[("j", 1), ("j", 2)]),
+            Claim("b", 1, 10, &[("j", 3)]),
+            Tick(29, &[]),
+            Tick(30, &[("a", "j", 1), ("a", "j", 2)]),
+            Status("j", Some(st(3, 0, 1, 2))),
+            Renew("a", "j", 1, 31, false),
+            Tick(40, &[("b", "j", 3)]),
+            Tick(40, &[]),
+            Claim("c", 3, 41, &[("j", 1), ("j", 2), ("j", 3)]),
+        ],
+    );
+}
+
+#[test]
+fn renew_extends_a_lease() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 2, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Renew("a", "j", 1, 20, true),
+            Tick(30, &[]),
+            Tick(49, &[]),
+            Renew("b", "j", 1, 49, false),
+            Renew("a", "j", 2, 49, false),
+            Renew("a", "nope", 1, 49, false),
+            Tick(50, &[("a", "j", 1)]),
+        ],
+    );
+}
+
+#[test]
+fn renew_peer_extends_all_its_leases() {
+    let mut h = run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 2, 0, &[("j", 1), ("j", 2)]),
+            Claim("b", 1, 0, &[("j", 3)]),
+        ],
+    );
+    assert_eq!(h.s.renew_peer(&"a", h.at(25)), 2);
+    assert_eq!(h.s.renew_peer(&"z", h.at(25)), 0);
+    assert_eq!(h.s.leases_of(&"a"), vec![("j".to_owned(), 1), ("j".to_owned(), 2)]);
+    h.run(vec![
+        Tick(30, &[("b", "j", 3)]),
+        Tick(55, &[("a", "j", 1), ("a", "j", 2)]),
+    ]);
+    assert!(h.s.leases_of(&"a").is_empty());
+}
+
+#[test]
+fn late_result_is_accepted_until_the_frame_is_done() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 2, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Tick(30, &[("a", "j", 1)]),
+            Rendered("a", "j", 1, Verdict::Accept),
+            Stored("j", 1, &[]),
+            Status("j", Some(st(2, 1, 0, 1))),
+            Rendered("a", "j", 1, Verdict::Discard),
+            // Done at most once.
+            Stored("j", 1, &[]),
+            Status("j", Some(st(2, 1, 0, 1))),
+            Rendered("z", "j", 2, Verdict::Discard),
+            Rendered("a", "j", 9, Verdict::Discard),
+            Rendered("a", "nope", 1, Verdict::Discard),
+            Stored("j", 9, &[]),
+            Stored("nope", 1, &[]),
+        ],
+    );
+}
+
+#[test]
+fn backup_copy_in_the_tail_and_first_result_wins() {
+    let config = SchedulerConfig {
+        lease_timeout: secs(1000),
+        ..SchedulerConfig::default()
+    };
+    run(
+        config,
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 3, 0, &[("j", 1), ("j", 2), ("j", 3)]),
+            Rendered("a", "j", 1, Verdict::Accept),
+            Stored("j", 1, &[]),
+            Claim("b", 1, 100, &[]),
+            // Frames 2 and 3 went out together; the lower one is backed up first.
+            Claim("b", 1, 180, &[("j", 2)]),
+            Claim("b", 1, 181, &[("j", 3)]),
+            Claim("b", 1, 181, &[]),
+            Claim("c", 2, 181, &[]),
+            Status("j", Some(st(3, 1, 2, 0))),
+            Rendered("b", "j", 2, Verdict::Accept),
+            Stored("j", 2, &[("a", "j", 2)]),
+            Rendered("a", "j", 2, Verdict::Discard),
+            Rendered("a", "j", 3, Verdict::Accept),
+            Stored("j", 3, &[("b", "j", 3)]),
+            Status("j", Some(st(3, 3, 0, 0))),
+            Offers(&[]),
+        ],
+    );
+}
+
+#[test]
+fn backups_skip_uploading_frames_and_frames_the_peer_failed() {
+    let config = SchedulerConfig {
+        lease_timeout: secs(1000),
+        ..SchedulerConfig::default()
+    };
+    run(
+        config,
+        vec![
+            Upsert(desc("j", 1, 2, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Claim("b", 1, 0, &[("j", 2)]),
+            Failed("b", "j", 2, "gpu", Fail::Retry),
+            Claim("c", 1, 0, &[("j", 2)]),
+            Rendered("a", "j", 1, Verdict::Accept),
+            // Frame 1 is uploading, frame 2 failed on `b`: nothing to back up for it.
+            Claim("b", 1, 500, &[]),
+            Claim("d", 2, 500, &[("j", 2)]),
+            // The original expires; the backup keeps the frame leased, so it is not pending.
+            Tick(1000, &[("a", "j", 1), ("c", "j", 2)]),
+            Status("j", Some(st(2, 0, 1, 1))),
+            Gone("d", &[("j", 2)]),
+            Status("j", Some(st(2, 0, 0, 2))),
+        ],
+    );
+}
+
+#[test]
+fn failed_frame_is_retried_on_another_peer_only() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 2, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Failed("a", "j", 1, "boom", Fail::Retry),
+            Status("j", Some(st(2, 0, 0, 2))),
+            Claim("a", 2, 1, &[("j", 2)]),
+            HasWork("a", false),
+            HasWork("b", true),
+            Claim("b", 1, 1, &[("j", 1)]),
+            // `a` no longer holds frame 1; a repeated report changes nothing.
+            Failed("a", "j", 1, "boom", Fail::Ignored),
+            Failed("a", "j", 7, "boom", Fail::Ignored),
+            Failed("a", "nope", 1, "boom", Fail::Ignored),
+        ],
+    );
+}
+
+#[test]
+fn late_failure_counts_but_stale_ones_do_not() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 1, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Tick(30, &[("a", "j", 1)]),
+            Claim("b", 1, 30, &[("j", 1)]),
+            // `a` lost its lease but was working on the frame: its failure is real.
+            Failed("a", "j", 1, "boom", Fail::Retry),
+            Failed("a", "j", 1, "boom", Fail::Ignored),
+            Gone("b", &[("j", 1)]),
+            Claim("a", 1, 31, &[]),
+        ],
+    );
+}
+
+#[test]
+fn job_fails_after_three_distinct_peers_fail_a_frame() {
+    let mut h = run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 5, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Failed("a", "j", 1, "e1", Fail::Retry),
+            Claim("b", 1, 0, &[("j", 1)]),
+            Failed("b", "j", 1, "e2", Fail::Retry),
+            Claim("c", 1, 0, &[("j", 1)]),
+            Claim("d", 2, 0, &[("j", 2), ("j", 3)]),
+            Failed("c", "j", 1, "segfault in cycles", Fail::JobFailed("segfault in cycles")),
+            FailedWith("j", "frame 1"),
+            Claim("e", 1, 0, &[]),
+            Offers(&[]),
+            HasWork("e", false),
+            // In-flight frames go on and are kept.
+            Renew("d", "j", 2, 1, true),
+            Rendered("d", "j", 2, Verdict::Accept),
+            Stored("j", 2, &[]),
+            // Later failures do not fail the job again.
+            Failed("d", "j", 3, "again", Fail::Retry),
+            FailedWith("j", "segfault in cycles"),
+            Claim("d", 1, 1, &[]),
+            Claim("f", 1, 1, &[]),
+        ],
+    );
+    assert!(h.s.clear_failures("j"));
+    assert!(!h.s.clear_failures("nope"));
+    h.run(vec![
+        Status("j", Some(st(5, 1, 0, 4))),
+        Claim("a", 2, 2, &[("j", 1), ("j", 3)]),
+    ]);
+}
+
+#[test]
+fn peer_is_blocklisted_after_three_failures_in_a_job() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 10, 0, 0), &[], JobChange::Added, &[]),
+            Upsert(desc("k", 1, 2, 0, 1), &[], JobChange::Added, &[]),
+            Claim("a", 3, 0, &[("j", 1), ("j", 2), ("j", 3)]),
+            Failed("a", "j", 1, "x", Fail::Retry),
+            Failed("a", "j", 2, "x", Fail::Retry),
+            HasWork("a", true),
+            Failed("a", "j", 3, "x", Fail::Retry),
+            Claim("a", 3, 1, &[("k", 1), ("k", 2)]),
+            HasWork("a", false),
+            Claim("b", 3, 1, &[("j", 1), ("j", 2), ("j", 3)]),
+            Offers(&[("j", 7), ("k", 0)]),
+        ],
+    );
+}
+
+#[test]
+fn done_frames_at_upsert_are_not_granted() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 5, 0, 0), &[2, 4, 99, 2], JobChange::Added, &[]),
+            Status("j", Some(st(5, 2, 0, 3))),
+            Claim("a", 5, 0, &[("j", 1), ("j", 3), ("j", 5)]),
+            Stored("j", 2, &[]),
+            Status("j", Some(st(5, 2, 3, 0))),
+            Upsert(desc("all", 1, 2, 0, 1), &[1, 2], JobChange::Added, &[]),
+            Status("all", Some(st(2, 2, 0, 0))),
+            Offers(&[("j", 0)]),
+        ],
+    );
+}
+
+#[test]
+fn restarted_scheduler_resumes_from_done_frames() {
+    // First life: some frames get stored, which the host persists.
+    let mut first = run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 6, 0, 0), &[], JobChange::Added, &[]),
+            Upsert(desc("k", 1, 2, 0, 1), &[], JobChange::Added, &[]),
+            Claim("a", 4, 0, &[("j", 1), ("j", 2), ("j", 3), ("j", 4)]),
+            Rendered("a", "j", 1, Verdict::Accept),
+            Stored("j", 1, &[]),
+            Rendered("a", "j", 3, Verdict::Accept),
+            Stored("j", 3, &[]),
+        ],
+    );
+    let durable: Vec<u32> = (1..=6)
+        .filter(|&f| first.s.jobs.values().any(|j| j.state(f) == Some(FrameState::Done)))
+        .collect();
+    assert_eq!(durable, vec![1, 3]);
+    first.s = Scheduler::new(SchedulerConfig::default());
+    // Second life: jobs re-added with their done frames; in-flight leases were lost with the old process.
+    first.run(vec![
+        Upsert(desc("k", 1, 2, 0, 1), &[], JobChange::Added, &[]),
+        Upsert(desc("j", 1, 6, 0, 0), &[1, 3], JobChange::Added, &[]),
+        Status("j", Some(st(6, 2, 0, 4))),
+        // `a` held frames 2 and 4 in the previous life; this scheduler never granted them, so its result is
+        // refused (the .blend may have changed meanwhile) and the frames go out again.
+        Rendered("a", "j", 2, Verdict::Discard),
+        Claim(
+            "c",
+            10,
+            0,
+            &[("j", 2), ("j", 4), ("j", 5), ("j", 6), ("k", 1), ("k", 2)],
+        ),
+        Rendered("a", "j", 4, Verdict::Discard),
+        Rendered("c", "j", 4, Verdict::Accept),
+    ]);
+}
+
+#[test]
+fn empty_range_has_no_frames() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("empty", 5, 4, 0, 0), &[], JobChange::Added, &[]),
+            Status("empty", Some(st(0, 0, 0, 0))),
+            Offers(&[]),
+            Claim("a", 2, 0, &[]),
+            Upsert(desc("top", u32::MAX - 1, u32::MAX, 0, 2), &[], JobChange::Added, &[]),
+            Claim("b", 3, 0, &[("top", u32::MAX - 1), ("top", u32::MAX)]),
+            Rendered("b", "top", u32::MAX, Verdict::Accept),
+            Stored("top", u32::MAX, &[]),
+            Status("top", Some(st(2, 1, 1, 0))),
+        ],
+    );
+}
+
+/// A bogus range cannot allocate gigabytes: it is capped at [`MAX_JOB_FRAMES`]. (No invariant walk over 16 M frames
+/// here, which would be slow in a debug build.)
+#[test]
+fn huge_range_is_capped() {
+    let mut s: S = Scheduler::new(SchedulerConfig::default());
+    let now = Instant::now();
+    assert_eq!(
+        s.upsert_job(desc("huge", 0, u32::MAX, 0, 0), &[u32::MAX, 1]).0,
+        JobChange::Added
+    );
+    assert_eq!(s.status("huge"), Some(st(MAX_JOB_FRAMES, 1, 0, MAX_JOB_FRAMES - 1)));
+    let frames: Vec<u32> = s.claim(&"a", 2, now).iter().map(|g| g.frame).collect();
+    assert_eq!(frames, vec![0, 2]);
+    assert_eq!(s.rendered(&"a", "huge", u32::MAX), Verdict::Discard);
+    assert_eq!(s.rendered(&"a", "huge", MAX_JOB_FRAMES), Verdict::Discard);
+}
+
+/// A 100,000-frame job is claimed through in small batches without per-claim scans, with requeues mixed in.
+#[test]
+fn hundred_thousand_frames_claim_through_quickly() {
+    const FRAMES: u32 = 100_000;
+    let mut s: S = Scheduler::new(SchedulerConfig::default());
+    s.upsert_job(desc("big", 1, FRAMES, 0, 0), &[]);
+    let peers: Vec<P> = vec!["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+    let started = Instant::now();
+    let now = started;
+    let mut stored = 0u32;
+    let mut round = 0usize;
+    while stored < FRAMES {
+        let peer = &peers[round % peers.len()];
+        round += 1;
+        let grants = s.claim(peer, 8, now);
+        assert!(!grants.is_empty(), "ran dry at {stored}");
+        for (i, g) in grants.iter().enumerate() {
+            // Every 50th round the peer leaves before finishing its last frame: that frame is requeued.
+            if round.is_multiple_of(50) && i + 1 == grants.len() {
+                assert_eq!(s.peer_gone(peer), vec![("big".to_owned(), g.frame)]);
+                continue;
+            }
+            assert_eq!(s.rendered(peer, "big", g.frame), Verdict::Accept);
+            assert!(s.frame_stored("big", g.frame).is_empty());
+            stored += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    check_invariants(&s, "end");
+    assert_eq!(s.status("big"), Some(st(FRAMES, FRAMES, 0, 0)));
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    let job = s.jobs.values().next().expect("the job");
+    assert!(job.frames.capacity() <= FRAMES as usize && job.requeued.is_empty() && job.leases.is_empty());
+}
+
+/// Small deterministic generator for the simulation.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// 50 volunteers (3 of them broken), 2000 frames in three jobs, with silent peers, departures and failures: every
+/// job finishes, every frame is done exactly once, nobody renders a frame it failed, and no frame has more than two
+/// holders (checked by the invariants).
+#[test]
+fn simulated_farm_finishes_every_frame_once() {
+    let config = SchedulerConfig {
+        max_frame_failures: 4,
+        ..SchedulerConfig::default()
+    };
+    let mut s: S = Scheduler::new(config);
+    let names: [&'static str; 50] = std::array::from_fn(|i| &*Box::leak(format!("peer{i:02}").into_boxed_str()));
+    let broken = |p: P| p < "peer03";
+    s.upsert_job(desc("a", 1, 1000, 1, 0), &[]);
+    s.upsert_job(desc("b", 1, 600, 0, 1), &[]);
+    s.upsert_job(desc("c", 0, 399, 0, 2), &[5, 6, 7]);
+    let start = Instant::now();
+    let mut rng = Lcg(42);
+    let mut done_once = std::collections::HashSet::new();
+    let mut failed_by = std::collections::HashSet::new();
+    let mut held: Vec<(P, String, u32)> = Vec::new();
+    let mut t = 0u64;
+    let finished = |s: &S| {
+        ["a", "b", "c"]
+            .iter()
+            .all(|j| s.status(j).is_some_and(|st| st.finished))
+    };
+    while !finished(&s) {
+        t += 5;
+        assert!(t < 100_000, "the farm got stuck");
+        let now = start + secs(t);
+        for peer in names {
+            for g in s.claim(&peer, 2, now) {
+                assert!(
+                    !failed_by.contains(&(peer, g.job.clone(), g.frame)),
+                    "{peer} got {g:?} again"
+                );
+                held.push((peer, g.job, g.frame));
+            }
+        }
+        let mut still = Vec::new();
+        for (peer, job, frame) in held.drain(..) {
+            match rng.below(20) {
+                _ if broken(peer) => {
+                    assert!(matches!(
+                        s.frame_failed(&peer, &job, frame, "no gpu"),
+                        FailOutcome::Retry | FailOutcome::Ignored
+                    ));
+                    failed_by.insert((peer, job, frame));
+                }
+                0..=9 => {
+                    if s.rendered(&peer, &job, frame) == Verdict::Accept {
+                        let already = s.status(&job).map(|st| st.done);
+                        s.frame_stored(&job, frame);
+                        if s.status(&job).map(|st| st.done) != already {
+                            assert!(done_once.insert((job, frame)), "stored twice");
+                        }
+                    }
+                }
+                10 => {
+                    s.peer_gone(&peer);
+                }
+                11 => {} // silent: the lease will expire
+                _ => {
+                    if s.renew(&peer, &job, frame, now) {
+                        still.push((peer, job, frame));
+                    }
+                }
+            }
+        }
+        held = still;
+        s.tick(now);
+        check_invariants(&s, &format!("t={t}"));
+    }
+    assert_eq!(done_once.len(), 1000 + 600 + 397);
+    for name in ["a", "b", "c"] {
+        assert_eq!(s.status(name).and_then(|st| st.failed), None);
+    }
+}

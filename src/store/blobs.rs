@@ -1,0 +1,507 @@
+//! Content-addressed blob store: .blend files and rendered frames, each named by the sha256 of its bytes.
+//!
+//! Layout: `dir/<64 hex digits>` holds complete, verified blobs; `dir/tmp/` holds blobs being received. `tmp` lives
+//! inside `dir` so both are on one filesystem and the final rename is atomic: a blob path either does not exist or
+//! holds exactly the bytes its name promises (the data is fsync'ed before the rename and the directory after it, so
+//! this holds across power loss too). `tmp` is emptied on open, since anything there was cut off by a crash.
+//!
+//! Blobs can be GBs, so data always moves in 64 KiB chunks and is hashed as it passes; no blob is ever held in
+//! memory. The network side uses `futures::io` traits (libp2p streams), the disk side `tokio::fs`.
+//!
+//! Every temp file is owned by a guard that deletes it when dropped, so a receive that fails *or is cancelled*
+//! (e.g. by the caller's timeout — a stalled peer looks like a pending read, which only a timeout can end) leaves
+//! nothing behind.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use sha2::{Digest, Sha256};
+use tokio::fs::{File, OpenOptions};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::protocol::{BlobHash, MAX_BLOB_SIZE};
+
+/// Size of every read and write: large enough to amortise syscalls, small enough to never matter for memory.
+const CHUNK: usize = 64 * 1024;
+/// Subdirectory of the store for partial blobs.
+const TMP_DIR: &str = "tmp";
+/// Makes temp names unique within the process, so concurrent receives of one blob never share a file.
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+
+/// What can go wrong moving a blob. Messages name the blob (short hash) or the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// A local file or directory operation failed.
+    #[error("blob store i/o on {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// Reading the blob from the peer's stream failed (reset, closed with an error).
+    #[error("blob {}: receiving failed: {source}", blob.short())]
+    Recv { blob: BlobHash, source: io::Error },
+    /// Writing a file to the peer's stream failed.
+    #[error("sending {}: {source}", path.display())]
+    Send { path: PathBuf, source: io::Error },
+    /// The stream ended (or a copied file shrank or grew) before the announced size.
+    #[error("blob {}: got {actual} bytes, expected {expected}", blob.short())]
+    SizeMismatch { blob: BlobHash, expected: u64, actual: u64 },
+    /// The bytes do not hash to the announced name; nothing was stored.
+    #[error("blob {}: content hashes to {} instead", expected.short(), actual.short())]
+    HashMismatch { expected: BlobHash, actual: BlobHash },
+    /// Announced or found size over [`MAX_BLOB_SIZE`]; refused before anything is read or moved.
+    #[error("blob {}: {size} bytes is over the {max}-byte limit", blob.short())]
+    TooLarge { blob: BlobHash, size: u64, max: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError {
+    let path = path.to_path_buf();
+    move |source| BlobError::Io { path, source }
+}
+
+/// A directory of verified blobs. Open it once per process and share it: opening empties `tmp`, which would
+/// destroy the partial files of receives still running on another handle.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    /// Creates `dir` and `dir/tmp` if missing and removes whatever a previous run left in `tmp`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let dir = dir.into();
+        let tmp = dir.join(TMP_DIR);
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        for entry in std::fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let path = entry.map_err(io_err(&tmp))?.path();
+            let removed = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+            removed.map_err(io_err(&path))?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// Where the blob lives (or would live) in the store.
+    pub fn path(&self, hash: &BlobHash) -> PathBuf {
+        self.dir.join(hash.to_hex())
+    }
+
+    /// Whether the blob is in the store. Only complete, verified blobs are ever at their path.
+    pub fn contains(&self, hash: &BlobHash) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// Streams exactly `size` bytes from `reader` into the store, hashing as it goes; verifies size and hash; on
+    /// success the blob is fsync'ed, renamed into place and its path returned. On any failure or cancellation the
+    /// temp file is removed and nothing lands. Bytes after the first `size` are left unread in `reader`.
+    ///
+    /// A blob already present is received again and replaced by identical bytes; callers that want to skip the
+    /// transfer check [`BlobStore::contains`] before asking for it.
+    pub async fn receive<R: AsyncRead + Unpin>(
+        &self,
+        hash: &BlobHash,
+        size: u64,
+        reader: &mut R,
+    ) -> Result<PathBuf, BlobError> {
+        check_size(hash, size)?;
+        let (tmp, mut file) = self.create_tmp(hash).await?;
+        let guard = TempGuard(Some(&tmp));
+        stream_into(reader, size, hash, &mut file, &tmp).await?;
+        drop(file);
+        let dest = self.path(hash);
+        persist(&tmp, &dest).await?;
+        guard.disarm();
+        Ok(dest)
+    }
+
+    /// Registers an existing file (e.g. a just-rendered frame) by hashing it and moving it into the store: a rename
+    /// on the same filesystem, otherwise a verified copy followed by removing the original. Returns (hash, size,
+    /// path). The file must be complete and no longer written to, and writable by us (it is fsync'ed before the
+    /// rename). If the blob is already stored the original is simply removed; a file that already is the stored
+    /// blob is left alone. On failure the original stays where it was.
+    pub async fn insert_file(&self, file: &Path) -> Result<(BlobHash, u64, PathBuf), BlobError> {
+        let (hash, size) = digest_blocking(file.to_path_buf(), true).await?;
+        check_size(&hash, size)?;
+        let dest = self.path(&hash);
+        if same_file(file, &dest).await {
+            return Ok((hash, size, dest));
+        }
+        match tokio::fs::rename(file, &dest).await {
+            Ok(()) => sync_dir(&self.dir).await?,
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                if !self.contains(&hash) {
+                    self.copy_in(file, &hash, size).await?;
+                }
+                tokio::fs::remove_file(file).await.map_err(io_err(file))?;
+            }
+            Err(e) => return Err(io_err(file)(e)),
+        }
+        Ok((hash, size, dest))
+    }
+
+    /// Copies `file` into the store under `hash`, re-hashing the copy: the file may have changed since it was
+    /// hashed, and the store must never hold a blob under the wrong name.
+    async fn copy_in(&self, file: &Path, hash: &BlobHash, size: u64) -> Result<(), BlobError> {
+        let (tmp, out) = self.create_tmp(hash).await?;
+        let guard = TempGuard(Some(&tmp));
+        let mut out = out.into_std().await;
+        let (src, out_path) = (file.to_path_buf(), tmp.clone());
+        let copied = tokio::task::spawn_blocking(move || {
+            let digest = digest_file(&src, Some((&mut out, &out_path)), false)?;
+            out.sync_all().map_err(io_err(&out_path))?;
+            Ok(digest)
+        });
+        let (actual, actual_size) = copied.await.map_err(|e| io_err(file)(io::Error::other(e)))??;
+        verify(hash, size, actual_size, actual)?;
+        persist(&tmp, &self.path(hash)).await?;
+        guard.disarm();
+        Ok(())
+    }
+
+    /// Creates a fresh file in `tmp` for the blob; pid and counter make the name unique, `create_new` makes sure.
+    async fn create_tmp(&self, hash: &BlobHash) -> Result<(PathBuf, File), BlobError> {
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}.{}.{n}.part", hash.to_hex(), std::process::id());
+        let path = self.dir.join(TMP_DIR).join(name);
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).await;
+        let file = file.map_err(io_err(&path))?;
+        Ok((path, file))
+    }
+}
+
+/// Streams `size` bytes from `reader` into `dest_tmp` (a temp path the caller chose, created or truncated),
+/// verifying size and hash, and fsyncs it; removes `dest_tmp` on failure or cancellation. The host uses this to
+/// receive a frame into RENDERDIR's temp folder, then [`persist`]s it into the job folder before marking it done.
+pub async fn receive_verified<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: u64,
+    expected: &BlobHash,
+    dest_tmp: &Path,
+) -> Result<(), BlobError> {
+    check_size(expected, size)?;
+    let mut file = File::create(dest_tmp).await.map_err(io_err(dest_tmp))?;
+    let guard = TempGuard(Some(dest_tmp));
+    stream_into(reader, size, expected, &mut file, dest_tmp).await?;
+    guard.disarm();
+    Ok(())
+}
+
+/// Renames `from` to `to` (same filesystem, replacing `to`) and fsyncs `to`'s directory, so that once this returns
+/// the file is at `to` even after a power cut. Call it before recording anything that relies on the file.
+pub async fn persist(from: &Path, to: &Path) -> Result<(), BlobError> {
+    tokio::fs::rename(from, to).await.map_err(io_err(to))?;
+    let parent = to.parent().filter(|p| !p.as_os_str().is_empty());
+    sync_dir(parent.unwrap_or(Path::new("."))).await
+}
+
+/// Streams a file to a writer in 64 KiB chunks and flushes it (the writer is not closed). Returns bytes sent.
+pub async fn send_file<W: AsyncWrite + Unpin>(path: &Path, writer: &mut W) -> Result<u64, BlobError> {
+    let mut file = File::open(path).await.map_err(io_err(path))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        writer.write_all(&buf[..n]).await.map_err(send_err(path))?;
+        sent += n as u64;
+    }
+    writer.flush().await.map_err(send_err(path))?;
+    Ok(sent)
+}
+
+fn send_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError {
+    let path = path.to_path_buf();
+    move |source| BlobError::Send { path, source }
+}
+
+/// sha256 and size of a file, streamed on a blocking thread (files can be GBs; hashing them would stall the runtime).
+pub async fn hash_file(path: &Path) -> Result<(BlobHash, u64), BlobError> {
+    digest_blocking(path.to_path_buf(), false).await
+}
+
+fn check_size(hash: &BlobHash, size: u64) -> Result<(), BlobError> {
+    let (blob, max) = (*hash, MAX_BLOB_SIZE);
+    if size > max {
+        return Err(BlobError::TooLarge { blob, size, max });
+    }
+    Ok(())
+}
+
+/// Checks what arrived against what was announced; size first, since the hash of a cut-off blob says nothing.
+fn verify(expected: &BlobHash, size: u64, actual_size: u64, actual: BlobHash) -> Result<(), BlobError> {
+    let (blob, expected) = (*expected, *expected);
+    if actual_size != size {
+        return Err(BlobError::SizeMismatch {
+            blob,
+            expected: size,
+            actual: actual_size,
+        });
+    }
+    if actual != expected {
+        return Err(BlobError::HashMismatch { expected, actual });
+    }
+    Ok(())
+}
+
+/// Copies exactly `size` bytes from `reader` to `file`, hashing them, then verifies and fsyncs the file.
+/// The shared core of every receive; the caller's guard removes `file` on error.
+async fn stream_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: u64,
+    blob: &BlobHash,
+    file: &mut File,
+    path: &Path,
+) -> Result<(), BlobError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut received = 0u64;
+    while received < size {
+        let want = usize::try_from(size - received).map_or(CHUNK, |left| left.min(CHUNK));
+        let n = match reader.read(&mut buf[..want]).await {
+            // A clean end of stream, or a reader that reports the end as an error: `verify` reports the shortfall.
+            Ok(0) => break,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(BlobError::Recv { blob: *blob, source }),
+            Ok(n) => n,
+        };
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).await.map_err(io_err(path))?;
+        received += n as u64;
+    }
+    verify(blob, size, received, BlobHash::from_hasher(hasher))?;
+    file.flush().await.map_err(io_err(path))?;
+    file.sync_all().await.map_err(io_err(path))
+}
+
+/// [`digest_file`] on a blocking thread.
+async fn digest_blocking(path: PathBuf, sync: bool) -> Result<(BlobHash, u64), BlobError> {
+    let task_path = path.clone();
+    let task = tokio::task::spawn_blocking(move || digest_file(&task_path, None, sync));
+    task.await.map_err(|e| io_err(&path)(io::Error::other(e)))?
+}
+
+/// Blocking: hashes `src` in 64 KiB chunks, also writing it to `copy` when given; fsyncs `src` when `sync` (which
+/// then needs write access to it). Returns hash and size.
+fn digest_file(
+    src: &Path,
+    mut copy: Option<(&mut std::fs::File, &Path)>,
+    sync: bool,
+) -> Result<(BlobHash, u64), BlobError> {
+    use std::io::{Read, Write};
+    let file = std::fs::OpenOptions::new().read(true).write(sync).open(src);
+    let mut file = file.map_err(io_err(src))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(src)(e)),
+        };
+        hasher.update(&buf[..n]);
+        if let Some((out, out_path)) = copy.as_mut() {
+            out.write_all(&buf[..n]).map_err(io_err(out_path))?;
+        }
+        size += n as u64;
+    }
+    if sync {
+        file.sync_all().map_err(io_err(src))?;
+    }
+    Ok((BlobHash::from_hasher(hasher), size))
+}
+
+/// Makes a rename in `dir` durable. Only Unix can open and fsync a directory; elsewhere this is a no-op.
+async fn sync_dir(dir: &Path) -> Result<(), BlobError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .await
+        .map_err(io_err(dir))?
+        .sync_all()
+        .await
+        .map_err(io_err(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Whether both paths name one existing file (so moving one onto the other must not delete it).
+async fn same_file(a: &Path, b: &Path) -> bool {
+    match (tokio::fs::canonicalize(a).await, tokio::fs::canonicalize(b).await) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Removes a temp file when dropped unless disarmed, covering errors and cancelled futures alike. The removal is a
+/// quick blocking unlink; if it fails the file stays in `tmp`, which the next open empties.
+struct TempGuard<'a>(Option<&'a Path>);
+
+impl TempGuard<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use futures::{stream, StreamExt as _, TryStreamExt as _};
+
+    use super::*;
+
+    /// Delegates to `inner`, recording the largest read it was asked for.
+    struct MaxRead<R> {
+        inner: R,
+        max: usize,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for MaxRead<R> {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            self.max = self.max.max(buf.len());
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    /// `data`, then an error (`fail`) or a stream that never delivers anything more.
+    fn then(data: &[u8], fail: bool) -> impl AsyncRead + Unpin + '_ {
+        let err: Option<io::Result<Vec<u8>>> = fail.then(|| Err(io::ErrorKind::ConnectionReset.into()));
+        let tail = stream::iter(err).chain(stream::pending());
+        futures::AsyncReadExt::chain(data, tail.into_async_read())
+    }
+
+    fn new_store() -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        (dir, store)
+    }
+
+    fn tmp_is_empty(store: &BlobStore) -> bool {
+        std::fs::read_dir(store.dir.join(TMP_DIR)).unwrap().next().is_none()
+    }
+
+    #[tokio::test]
+    async fn receive_roundtrip_then_send() {
+        let (_dir, store) = new_store();
+        let data = b"0123456789".repeat(20_000); // several chunks
+        let hash = BlobHash::of_bytes(&data);
+        let stream = [&data[..], b"next message"].concat();
+        let mut reader = &stream[..];
+        let path = store.receive(&hash, data.len() as u64, &mut reader).await.unwrap();
+        assert_eq!(reader, b"next message", "bytes after the blob must stay unread");
+        assert_eq!(path, store.path(&hash));
+        assert!(store.contains(&hash));
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let mut sent = Vec::new();
+        assert_eq!(send_file(&path, &mut sent).await.unwrap(), data.len() as u64);
+        assert_eq!(sent, data);
+        assert_eq!(hash_file(&path).await.unwrap(), (hash, data.len() as u64));
+        assert!(tmp_is_empty(&store));
+    }
+
+    #[tokio::test]
+    async fn bad_streams_land_nothing() {
+        let (_dir, store) = new_store();
+        let data = vec![7u8; 200_000];
+        let (hash, other) = (BlobHash::of_bytes(&data), BlobHash::of_bytes(b"other"));
+        let err = store.receive(&other, 200_000, &mut &data[..]).await.unwrap_err();
+        assert!(matches!(err, BlobError::HashMismatch { expected, actual } if expected == other && actual == hash));
+        assert!(err.to_string().contains(&other.short()), "{err}");
+        let err = store.receive(&hash, 200_001, &mut &data[..]).await.unwrap_err();
+        assert!(matches!(err, BlobError::SizeMismatch { actual: 200_000, .. }), "{err}");
+        let err = store.receive(&hash, 300_000, &mut then(&data, true)).await.unwrap_err();
+        assert!(matches!(err, BlobError::Recv { .. }), "{err}");
+        let huge = MAX_BLOB_SIZE + 1;
+        let err = store.receive(&hash, huge, &mut &data[..]).await.unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { .. }), "{err}");
+        // A stalled peer is ended by the caller's timeout, which drops the receive mid-way.
+        let mut stalling = then(&data, false);
+        let receive = store.receive(&hash, 300_000, &mut stalling);
+        assert!(tokio::time::timeout(Duration::from_millis(200), receive).await.is_err());
+        assert!(!store.contains(&hash) && !store.contains(&other));
+        assert!(tmp_is_empty(&store));
+    }
+
+    #[tokio::test]
+    async fn receive_verified_then_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, done) = (dir.path().join("0001.png.part"), dir.path().join("0001.png"));
+        let (data, hash) = (b"png bytes", BlobHash::of_bytes(b"png bytes"));
+        let err = receive_verified(&mut &data[..4], 9, &hash, &part).await.unwrap_err();
+        assert!(matches!(err, BlobError::SizeMismatch { .. }), "{err}");
+        assert!(!part.exists());
+        receive_verified(&mut &data[..], 9, &hash, &part).await.unwrap();
+        persist(&part, &done).await.unwrap();
+        assert_eq!(std::fs::read(&done).unwrap(), data);
+        assert!(!part.exists());
+    }
+
+    #[tokio::test]
+    async fn insert_file_moves_into_store() {
+        let (dir, store) = new_store();
+        let src = dir.path().join("0001.png");
+        std::fs::write(&src, b"rendered").unwrap();
+        let (hash, size, path) = store.insert_file(&src).await.unwrap();
+        assert_eq!((hash, size), (BlobHash::of_bytes(b"rendered"), 8));
+        assert_eq!(path, store.path(&hash));
+        assert_eq!(std::fs::read(&path).unwrap(), b"rendered");
+        assert!(!src.exists());
+        // Same content again: the original goes, the blob stays. The blob itself: left alone.
+        std::fs::write(&src, b"rendered").unwrap();
+        assert_eq!(store.insert_file(&src).await.unwrap().2, path);
+        assert!(!src.exists());
+        assert_eq!(store.insert_file(&path).await.unwrap().0, hash);
+        assert_eq!(std::fs::read(&path).unwrap(), b"rendered");
+        // The copy used across filesystems re-verifies what it copied.
+        std::fs::write(&src, b"copied").unwrap();
+        let copied = BlobHash::of_bytes(b"copied");
+        store.copy_in(&src, &copied, 6).await.unwrap();
+        assert_eq!(std::fs::read(store.path(&copied)).unwrap(), b"copied");
+        let before = BlobHash::of_bytes(b"before");
+        let err = store.copy_in(&src, &before, 6).await.unwrap_err();
+        assert!(matches!(err, BlobError::HashMismatch { .. }), "{err}");
+        assert!(tmp_is_empty(&store));
+    }
+
+    #[test]
+    fn open_empties_tmp_and_keeps_blobs() {
+        let (dir, store) = new_store();
+        let tmp = dir.path().join("blobs").join(TMP_DIR);
+        std::fs::write(tmp.join("stale.part"), b"x").unwrap();
+        std::fs::create_dir(tmp.join("stale-dir")).unwrap();
+        std::fs::write(tmp.join("stale-dir").join("f"), b"x").unwrap();
+        let kept = BlobHash::of_bytes(b"kept");
+        std::fs::write(store.path(&kept), b"kept").unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        assert!(tmp_is_empty(&store));
+        assert!(store.contains(&kept));
+    }
+
+    #[tokio::test]
+    async fn streams_64_mib_in_chunks() {
+        const LEN: u64 = 64 * 1024 * 1024;
+        let (_dir, store) = new_store();
+        let (mut hasher, chunk) = (Sha256::new(), vec![0x5Au8; CHUNK]);
+        (0..LEN / CHUNK as u64).for_each(|_| hasher.update(&chunk));
+        let hash = BlobHash::from_hasher(hasher);
+        let inner = futures::io::repeat(0x5A).take(LEN);
+        let mut reader = MaxRead { inner, max: 0 };
+        let path = store.receive(&hash, LEN, &mut reader).await.unwrap();
+        assert!(reader.max <= CHUNK, "asked for {} bytes at once", reader.max);
+        assert_eq!(hash_file(&path).await.unwrap(), (hash, LEN));
+        assert_eq!(send_file(&path, &mut futures::io::sink()).await.unwrap(), LEN);
+    }
+}

@@ -1,0 +1,58 @@
+//! A stand-in renderer for scheduler, network and scale tests. It never proves that rendering works: the
+//! end-to-end tests use real Blender for that.
+
+use std::{collections::HashSet, sync::Mutex, time::Duration};
+
+use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
+
+/// Writes a small deterministic file per frame after `delay`; frames in `fail` fail.
+#[derive(Debug, Default)]
+pub struct FakeRenderer {
+    pub delay: Duration,
+    pub fail: HashSet<u32>,
+    /// Every frame this renderer was asked for, in order.
+    pub rendered: Mutex<Vec<u32>>,
+}
+
+impl FakeRenderer {
+    pub fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::default()
+        }
+    }
+
+    /// The bytes the fake writes for `frame` of the .blend `blend_name`, so tests can check what arrived.
+    pub fn content(blend_name: &str, frame: u32) -> Vec<u8> {
+        format!("fake frame {frame} of {blend_name}\n").into_bytes()
+    }
+
+    pub fn frames(&self) -> Vec<u32> {
+        self.rendered.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl Renderer for FakeRenderer {
+    async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
+        if let Ok(mut v) = self.rendered.lock() {
+            v.push(request.frame);
+        }
+        tokio::time::sleep(self.delay).await;
+        if self.fail.contains(&request.frame) {
+            return Err(RenderError::new(format!("fake failure of frame {}", request.frame)));
+        }
+        let name = request
+            .blend
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = request.out_dir.join(format!("frame_{:04}.png", request.frame));
+        tokio::fs::write(&path, Self::content(&name, request.frame))
+            .await
+            .map_err(|e| RenderError::new(format!("cannot write {}: {e}", path.display())))?;
+        Ok(RenderedFrame {
+            path,
+            ext: "png".into(),
+        })
+    }
+}

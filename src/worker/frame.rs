@@ -1,0 +1,206 @@
+//! One granted frame on a volunteer: fetch the .blend (once, into the cache), render it while renewing the lease,
+//! then return the result: a notice, the blob pushed over a stream, and the owner's acknowledgement.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use futures::AsyncWriteExt;
+use libp2p::PeerId;
+use tracing::{debug, info, warn};
+
+use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
+use crate::{
+    net::Client,
+    protocol::{
+        read_header, truncate_utf8, write_header, BlobHash, BlobReply, BlobRequest, FrameGrant, WorkRequest,
+        WorkResponse, BLOB_PROTOCOL, MAX_ERROR_TEXT,
+    },
+    store::blobs::{hash_file, send_file, BlobStore},
+};
+
+/// How often a rendering volunteer renews its lease; well inside the host's lease timeout.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// Blob exchanges are tried this often: an owner busy accepting other streams drops new ones (libp2p-stream keeps
+/// no backlog), and a dropped stream is worth another try, not a lost frame.
+const BLOB_ATTEMPTS: u32 = 6;
+
+/// Runs a blob exchange until it succeeds, fails for a reason other than the transport, or runs out of attempts.
+async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Exchange>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Exchange::Transport(e)) if tries < BLOB_ATTEMPTS => {
+                debug!("{what}: attempt {tries} failed ({e}); trying again");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
+            }
+            Err(Exchange::Transport(e) | Exchange::Final(e)) => return Err(e),
+        }
+    }
+}
+
+/// How a blob exchange failed: transport failures are retried, the rest are answers.
+enum Exchange {
+    Transport(anyhow::Error),
+    Final(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Exchange {
+    fn from(e: E) -> Self {
+        Exchange::Transport(e.into())
+    }
+}
+
+pub(super) struct Slot<R> {
+    pub client: Client,
+    pub blobs: Arc<BlobStore>,
+    pub renderer: Arc<R>,
+    pub work_dir: PathBuf,
+}
+
+impl<R: Renderer> Slot<R> {
+    /// Renders one granted frame and hands the result (or the failure) back to `host`.
+    pub async fn process(&self, host: PeerId, grant: FrameGrant) {
+        let FrameGrant { job, frame, .. } = &grant;
+        let outcome = match self.fetch_blend(host, &grant).await {
+            Ok(blend) => self.render_renewing(host, &grant, blend).await,
+            Err(e) => Err(RenderError::new(format!("could not fetch the .blend: {e}"))),
+        };
+        let result = match outcome {
+            Ok(Some(rendered)) => self.deliver(host, &grant, rendered).await,
+            // The host recalled the frame while it rendered.
+            Ok(None) => Ok(()),
+            Err(e) => {
+                warn!("frame {frame} of {job} failed: {e}");
+                let mut error = e.to_string();
+                truncate_utf8(&mut error, MAX_ERROR_TEXT);
+                let request = WorkRequest::Failed {
+                    job: job.clone(),
+                    frame: *frame,
+                    error,
+                };
+                self.client
+                    .request(host, request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = result {
+            warn!("could not return frame {frame} of {job} to {host}: {e}");
+        }
+        let _ = tokio::fs::remove_dir_all(self.frame_dir(&grant)).await;
+    }
+
+    fn frame_dir(&self, grant: &FrameGrant) -> PathBuf {
+        // Hash-named, never job-named: a job name comes from the network and must not choose a path.
+        self.work_dir.join(format!("{}-{}", grant.blend.short(), grant.frame))
+    }
+
+    /// The .blend from the cache, fetched from `host` and verified first if it is not there yet.
+    async fn fetch_blend(&self, host: PeerId, grant: &FrameGrant) -> anyhow::Result<PathBuf> {
+        if self.blobs.contains(&grant.blend) {
+            return Ok(self.blobs.path(&grant.blend));
+        }
+        info!(
+            "fetching .blend {} ({} bytes) from {host}",
+            grant.blend.short(),
+            grant.blend_size
+        );
+        with_retries("fetching the .blend", || async {
+            let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
+            write_header(&mut stream, &BlobRequest::Get { hash: grant.blend }).await?;
+            match read_header(&mut stream).await? {
+                BlobReply::Found { size } if size == grant.blend_size => {
+                    Ok(self.blobs.receive(&grant.blend, size, &mut stream).await?)
+                }
+                BlobReply::Found { size } => Err(Exchange::Final(anyhow::anyhow!(
+                    "the host offers {size} bytes for a {}-byte blob",
+                    grant.blend_size
+                ))),
+                other => Err(Exchange::Final(anyhow::anyhow!("the host answered {other:?}"))),
+            }
+        })
+        .await
+    }
+
+    /// Renders, renewing the lease meanwhile. `Ok(None)`: the host recalled the frame, so rendering stopped.
+    async fn render_renewing(
+        &self,
+        host: PeerId,
+        grant: &FrameGrant,
+        blend: PathBuf,
+    ) -> Result<Option<RenderedFrame>, RenderError> {
+        let out_dir = self.frame_dir(grant);
+        tokio::fs::create_dir_all(&out_dir)
+            .await
+            .map_err(|e| RenderError::new(format!("cannot create {}: {e}", out_dir.display())))?;
+        let request = RenderRequest {
+            blend,
+            frame: grant.frame,
+            out_dir,
+        };
+        let render = self.renderer.render(&request);
+        tokio::pin!(render);
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut render => return result.map(Some),
+                _ = renew.tick() => {
+                    let request = WorkRequest::Renew { job: grant.job.clone(), frame: grant.frame };
+                    if let Ok(WorkResponse::Discard) = self.client.request(host, request).await {
+                        info!("host recalled frame {} of {}; stopping it", grant.frame, grant.job);
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Announces the frame, pushes it if the host wants it, and waits until the host has stored it.
+    async fn deliver(&self, host: PeerId, grant: &FrameGrant, rendered: RenderedFrame) -> Result<(), String> {
+        let (blob, size) = hash_file(&rendered.path).await.map_err(|e| e.to_string())?;
+        let notice = WorkRequest::Rendered {
+            job: grant.job.clone(),
+            frame: grant.frame,
+            blob,
+            size,
+            ext: rendered.ext.clone(),
+        };
+        match self.client.request(host, notice).await.map_err(|e| e.to_string())? {
+            WorkResponse::Upload => self
+                .upload(host, blob, size, &rendered)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            WorkResponse::Discard => {
+                debug!("host no longer wants frame {} of {}", grant.frame, grant.job);
+                Ok(())
+            }
+            other => Err(format!("host answered {other:?}")),
+        }?;
+        info!("frame {} of {} delivered", grant.frame, grant.job);
+        Ok(())
+    }
+
+    async fn upload(&self, host: PeerId, blob: BlobHash, size: u64, rendered: &RenderedFrame) -> anyhow::Result<()> {
+        with_retries("uploading the frame", || async {
+            let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
+            write_header(&mut stream, &BlobRequest::Put { hash: blob, size }).await?;
+            send_file(&rendered.path, &mut stream).await?;
+            stream.flush().await?;
+            match read_header(&mut stream).await? {
+                BlobReply::Stored => Ok(()),
+                BlobReply::Refused { reason } => {
+                    Err(Exchange::Final(anyhow::anyhow!("the host refused the frame: {reason}")))
+                }
+                other => Err(Exchange::Final(anyhow::anyhow!("the host answered {other:?}"))),
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,97 @@
+//! The command line as users and scripts see it: words, errors that name what is wrong, and a stable identity.
+
+use std::process::{Command, Stdio};
+
+use crate::common::*;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn help_names_both_commands() {
+    let (ok, text) = run(&["--help"]);
+    assert!(ok && text.contains("host") && text.contains("join"), "{text}");
+    let (ok, text) = run(&["join", "--help"]);
+    assert!(
+        ok && text.contains("--no-mdns") && text.contains("--cache-dir") && text.contains("--threads"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_job_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-jobs");
+    let (ok, text) = run(&[
+        "host",
+        &missing.to_string_lossy(),
+        &dir.path().join("r").to_string_lossy(),
+        "--no-mdns",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("no-such-jobs"), "{text}");
+}
+
+#[test]
+fn bad_addresses_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_string_lossy().into_owned();
+    let (ok, text) = run(&[
+        "join",
+        "box:notaport",
+        "--no-mdns",
+        "--cache-dir",
+        &cache,
+        "--blender",
+        "/bin/true",
+    ]);
+    assert!(!ok && text.contains("\"box:notaport\""), "{text}");
+    let (ok, text) = run(&["join", "--no-mdns", "--cache-dir", &cache, "--blender", "/bin/true"]);
+    assert!(!ok && text.contains("--no-mdns"), "{text}");
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let (ok, text) = run(&[
+        "host",
+        &jobs.to_string_lossy(),
+        &cache,
+        "--listen",
+        "nowhere:x",
+        "--no-mdns",
+    ]);
+    assert!(!ok && text.contains("\"nowhere:x\""), "{text}");
+}
+
+#[test]
+fn a_missing_blender_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_string_lossy().into_owned();
+    let (ok, text) = run(&[
+        "join",
+        "127.0.0.1:1",
+        "--no-mdns",
+        "--cache-dir",
+        &cache,
+        "--blender",
+        "/no/blender",
+    ]);
+    assert!(!ok && text.contains("/no/blender"), "{text}");
+}
+
+#[test]
+fn the_host_prints_a_join_line_and_keeps_its_peer_id_across_restarts() {
+    let dirs = Dirs::new();
+    let (first, addr1) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    drop(first);
+    let (_second, addr2) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let id = |a: &str| a.rsplit_once("/p2p/").map(|(_, id)| id.to_string()).unwrap();
+    assert!(addr1.starts_with("/ip4/127.0.0.1/tcp/"), "{addr1}");
+    assert_eq!(id(&addr1), id(&addr2));
+    assert!(dirs.renderdir.join(".blenderdist").join("node.key").exists());
+}

@@ -1,0 +1,222 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use blenderdist::{
+    host::{self, HostConfig, RunningHost},
+    worker::{self, fake::FakeRenderer, WorkerConfig},
+};
+use libp2p::Multiaddr;
+
+/// The binary under test, built once by cargo for the whole test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_blenderdist");
+
+/// Waits for `cond` to hold, polling; panics with `what` after `limit`. A deadline against hangs, not a speed check.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Blocking variant for tests that drive processes.
+pub fn wait_until_blocking(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes a job file atomically (temp file, then rename), as an owner's tools should.
+pub fn write_job(jobdir: &Path, name: &str, blend: &str, first: u32, last: u32) {
+    let tmp = jobdir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, format!("{blend}\n{first}\n{last}\n")).unwrap();
+    std::fs::rename(tmp, jobdir.join(format!("{name}.job"))).unwrap();
+}
+
+/// Files in `dir`, sorted by name (empty if it does not exist).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn frame_names(first: u32, last: u32, ext: &str) -> Vec<String> {
+    (first..=last).map(|f| format!("{f:04}.{ext}")).collect()
+}
+
+/// A farm folder layout: JOBDIR, RENDERDIR and state for the host, caches for volunteers, all under one temp dir.
+pub struct Dirs {
+    pub root: tempfile::TempDir,
+    pub jobdir: PathBuf,
+    pub renderdir: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let jobdir = root.path().join("jobs");
+        let renderdir = root.path().join("renders");
+        std::fs::create_dir_all(&jobdir).unwrap();
+        Self {
+            root,
+            jobdir,
+            renderdir,
+        }
+    }
+
+    pub fn cache(&self, name: &str) -> PathBuf {
+        self.root.path().join(format!("cache-{name}"))
+    }
+
+    pub fn host_config(&self) -> HostConfig {
+        HostConfig {
+            jobdir: self.jobdir.clone(),
+            renderdir: self.renderdir.clone(),
+            state_dir: self.root.path().join("state"),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+        }
+    }
+}
+
+/// A shutdown future for in-process nodes, and the switch that fires it.
+pub fn shutdown_switch() -> (
+    tokio::sync::oneshot::Sender<()>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+/// Logs from in-process nodes, shown for failing tests (RUST_LOG picks the level; default info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("blenderdist=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn start_host(dirs: &Dirs) -> (RunningHost, tokio::sync::oneshot::Sender<()>) {
+    init_tracing();
+    let (stop, shutdown) = shutdown_switch();
+    let host = host::start(dirs.host_config(), shutdown).await.unwrap();
+    (host, stop)
+}
+
+pub fn start_fake_worker(
+    cache: PathBuf,
+    bootstrap: Multiaddr,
+    renderer: FakeRenderer,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, shutdown) = shutdown_switch();
+    let config = WorkerConfig {
+        cache_dir: cache,
+        bootstrap: vec![bootstrap],
+        mdns: false,
+    };
+    (worker::start(config, renderer, shutdown).unwrap(), stop)
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `blenderdist host` on a free loopback port and returns it with its join address (read from its stdout).
+pub fn spawn_host(jobdir: &Path, renderdir: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(BIN)
+        .arg("host")
+        .arg(jobdir)
+        .arg(renderdir)
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let addr = read_join_line(stdout);
+    (proc, addr)
+}
+
+/// Reads the host's stdout until its `blenderdist join ADDR` line, then keeps draining it in a thread.
+pub fn read_join_line(stdout: std::process::ChildStdout) -> String {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        if let Some(addr) = line.trim().strip_prefix("blenderdist join ") {
+            let addr = addr.to_string();
+            std::thread::spawn(move || for _ in lines {});
+            return addr;
+        }
+    }
+    panic!("the host ended without printing its join line");
+}
+
+pub fn blender_available() -> bool {
+    Command::new("blender")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `blender` with `args`, panicking with its output when it fails.
+pub fn blender(args: &[&str]) {
+    let out = Command::new("blender").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "blender {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Path of a file in the repository's scripts/ folder.
+pub fn script(name: &str) -> String {
+    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Decoded pixels of a PNG, with its size and colour layout.
+pub fn png_pixels(path: &Path) -> (u32, u32, String, Vec<u8>) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (
+        info.width,
+        info.height,
+        format!("{:?}/{:?}", info.color_type, info.bit_depth),
+        buf,
+    )
+}
