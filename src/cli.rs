@@ -59,6 +59,9 @@ pub struct JoinArgs {
     /// Threads per Blender, passed as `-t` (0: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    /// Frames to render at once, each with its own Blender.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub renderers: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -72,10 +75,7 @@ pub struct AddrError {
 
 /// Parses `HOST`, `HOST:PORT`, `[IPV6]:PORT` or a multiaddr. `HOST` alone gets [`DEFAULT_PORT`].
 pub fn parse_addr(text: &str) -> Result<Multiaddr, AddrError> {
-    let err = |reason: &str| AddrError {
-        text: text.to_string(),
-        reason: reason.to_string(),
-    };
+    let err = |reason: &str| AddrError { text: text.to_string(), reason: reason.to_string() };
     let text = text.trim();
     if text.starts_with('/') {
         return text.parse::<Multiaddr>().map_err(|e| err(&e.to_string()));
@@ -90,19 +90,13 @@ pub fn parse_addr(text: &str) -> Result<Multiaddr, AddrError> {
         return Ok(Multiaddr::from(sock.ip()).with(Protocol::Tcp(sock.port())));
     }
     let (host, port) = match text.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| err("the port is not a number from 0 to 65535"))?,
-        ),
+        Some((host, port)) => (host, port.parse::<u16>().map_err(|_| err("the port is not a number from 0 to 65535"))?),
         None => (text, DEFAULT_PORT),
     };
     if host.is_empty() || host.contains(['/', ':', ' ']) {
         return Err(err("the host name is not valid"));
     }
-    Ok(Multiaddr::empty()
-        .with(Protocol::Dns(host.to_string().into()))
-        .with(Protocol::Tcp(port)))
+    Ok(Multiaddr::empty().with(Protocol::Dns(host.to_string().into())).with(Protocol::Tcp(port)))
 }
 
 #[cfg(test)]

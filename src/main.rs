@@ -13,11 +13,7 @@ fn main() -> std::process::ExitCode {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .compact()
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().init();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -27,9 +23,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = shutdown_signal();
         match cli.command {
             Command::Host(args) => blenderdist::host::run_cli(args, shutdown).await,
             Command::Join(args) => blenderdist::worker::run_cli(args, shutdown).await,
@@ -40,6 +34,22 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("blenderdist: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, so the host and volunteers stop cleanly when asked.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

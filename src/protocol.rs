@@ -102,13 +102,7 @@ pub enum WorkRequest {
     /// Ask for up to `slots` frames.
     Claim { version: u32, slots: u32 },
     /// A granted frame rendered; its blob is `size` bytes with hash `blob`. The owner answers `Upload` or `Discard`.
-    Rendered {
-        job: String,
-        frame: u32,
-        blob: BlobHash,
-        size: u64,
-        ext: String,
-    },
+    Rendered { job: String, frame: u32, blob: BlobHash, size: u64, ext: String },
     /// A granted frame failed to render.
     Failed { job: String, frame: u32, error: String },
     /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
@@ -247,10 +241,7 @@ mod tests {
     #[tokio::test]
     async fn header_roundtrip_and_limits() {
         let mut buf = Vec::new();
-        let req = BlobRequest::Put {
-            hash: BlobHash::of_bytes(b"x"),
-            size: 1,
-        };
+        let req = BlobRequest::Put { hash: BlobHash::of_bytes(b"x"), size: 1 };
         write_header(&mut buf, &req).await.unwrap();
         let back: BlobRequest = read_header(&mut buf.as_slice()).await.unwrap();
         assert_eq!(back, req);
@@ -276,14 +267,7 @@ mod tests {
     #[test]
     fn junk_offer_is_an_error() {
         assert!(decode_offer(b"\xff\x00junk").is_err());
-        let offer = JobOffer {
-            version: 1,
-            seq: 7,
-            jobs: vec![OfferedJob {
-                job: "a".into(),
-                pending: 3,
-            }],
-        };
+        let offer = JobOffer { version: 1, seq: 7, jobs: vec![OfferedJob { job: "a".into(), pending: 3 }] };
         assert_eq!(decode_offer(&encode_offer(&offer).unwrap()).unwrap(), offer);
     }
 }

@@ -16,16 +16,7 @@ pub fn make_scene(path: &Path, frames: u32, res: &str, samples: u32) {
     let (frames, samples) = (frames.to_string(), samples.to_string());
     let script = script("make_scene.py");
     let path = path.to_string_lossy();
-    let args = [
-        "-b",
-        "--factory-startup",
-        "--python-exit-code",
-        "1",
-        "--python",
-        &script,
-        "--",
-        &path,
-    ];
+    let args = ["-b", "--factory-startup", "--python-exit-code", "1", "--python", &script, "--", &path];
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--frames", &frames, "--res", res, "--samples", &samples]);
     blender(&all);
@@ -71,10 +62,7 @@ pub fn spawn_isolated_volunteer(hidden: &[&Path], cache: &Path, addr: &str, extr
     let mut cmd = Command::new("unshare");
     cmd.args(["-m", "sh", "-c", &script, "sh"]);
     cmd.args(hidden);
-    cmd.arg(BIN)
-        .args(["join", addr, "--no-mdns", "--threads", "1", "--cache-dir"])
-        .arg(cache)
-        .args(extra);
+    cmd.arg(BIN).args(["join", addr, "--no-mdns", "--threads", "1", "--cache-dir"]).arg(cache).args(extra);
     Proc(cmd.stdin(Stdio::null()).spawn().unwrap())
 }
 
@@ -112,11 +100,8 @@ fn two_isolated_volunteers_render_frames_identical_to_blender_a() {
     wait_until_blocking("6 real frames", LIMIT, || files_in(&out) == names);
     assert_same_pixels(&baseline, &out, &names);
     let log = std::fs::read_to_string(dirs.jobdir.join("shot.log")).unwrap();
-    let by: std::collections::HashSet<&str> = log
-        .lines()
-        .filter_map(|l| l.split(" done by ").nth(1))
-        .filter_map(|r| r.split(' ').next())
-        .collect();
+    let by: std::collections::HashSet<&str> =
+        log.lines().filter_map(|l| l.split(" done by ").nth(1)).filter_map(|r| r.split(' ').next()).collect();
     assert_eq!(by.len(), 2, "both volunteers should have rendered:\n{log}");
 }
 
@@ -141,13 +126,7 @@ fn home_with_autoexec(root: &Path) -> PathBuf {
     let home = root.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let out = Command::new("blender")
-        .args([
-            "-b",
-            "--python-exit-code",
-            "1",
-            "--python",
-            &script("enable_autoexec_prefs.py"),
-        ])
+        .args(["-b", "--python-exit-code", "1", "--python", &script("enable_autoexec_prefs.py")])
         .env("HOME", &home)
         .output()
         .unwrap();
@@ -175,25 +154,14 @@ fn a_volunteer_with_autorun_preferences_never_runs_python_from_the_blend() {
         .output()
         .unwrap();
     assert!(control.status.success());
-    assert!(
-        marker.exists(),
-        "the control failed: the script did not run even in plain Blender"
-    );
+    assert!(marker.exists(), "the control failed: the script did not run even in plain Blender");
     std::fs::remove_file(&marker).unwrap();
 
     let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
     let mut volunteer = Command::new(BIN);
-    volunteer
-        .args(["join", &addr, "--no-mdns", "--cache-dir"])
-        .arg(dirs.cache("v"))
-        .env("HOME", &home);
+    volunteer.args(["join", &addr, "--no-mdns", "--cache-dir"]).arg(dirs.cache("v")).env("HOME", &home);
     let _v = Proc(volunteer.stdin(Stdio::null()).spawn().unwrap());
     write_job(&dirs.jobdir, "evil", "evil.blend", 1, 2);
-    wait_until_blocking("both frames", LIMIT, || {
-        files_in(&dirs.renderdir.join("evil")) == frame_names(1, 2, "png")
-    });
-    assert!(
-        !marker.exists(),
-        "the volunteer ran Python embedded in the job's .blend"
-    );
+    wait_until_blocking("both frames", LIMIT, || files_in(&dirs.renderdir.join("evil")) == frame_names(1, 2, "png"));
+    assert!(!marker.exists(), "the volunteer ran Python embedded in the job's .blend");
 }

@@ -6,11 +6,7 @@ use crate::common::*;
 
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -19,22 +15,14 @@ fn help_names_both_commands() {
     let (ok, text) = run(&["--help"]);
     assert!(ok && text.contains("host") && text.contains("join"), "{text}");
     let (ok, text) = run(&["join", "--help"]);
-    assert!(
-        ok && text.contains("--no-mdns") && text.contains("--cache-dir") && text.contains("--threads"),
-        "{text}"
-    );
+    assert!(ok && text.contains("--no-mdns") && text.contains("--cache-dir") && text.contains("--threads"), "{text}");
 }
 
 #[test]
 fn a_missing_job_folder_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-jobs");
-    let (ok, text) = run(&[
-        "host",
-        &missing.to_string_lossy(),
-        &dir.path().join("r").to_string_lossy(),
-        "--no-mdns",
-    ]);
+    let (ok, text) = run(&["host", &missing.to_string_lossy(), &dir.path().join("r").to_string_lossy(), "--no-mdns"]);
     assert!(!ok, "{text}");
     assert!(text.contains("no-such-jobs"), "{text}");
 }
@@ -43,28 +31,13 @@ fn a_missing_job_folder_is_named() {
 fn bad_addresses_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().to_string_lossy().into_owned();
-    let (ok, text) = run(&[
-        "join",
-        "box:notaport",
-        "--no-mdns",
-        "--cache-dir",
-        &cache,
-        "--blender",
-        "/bin/true",
-    ]);
+    let (ok, text) = run(&["join", "box:notaport", "--no-mdns", "--cache-dir", &cache, "--blender", "/bin/true"]);
     assert!(!ok && text.contains("\"box:notaport\""), "{text}");
     let (ok, text) = run(&["join", "--no-mdns", "--cache-dir", &cache, "--blender", "/bin/true"]);
     assert!(!ok && text.contains("--no-mdns"), "{text}");
     let jobs = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs).unwrap();
-    let (ok, text) = run(&[
-        "host",
-        &jobs.to_string_lossy(),
-        &cache,
-        "--listen",
-        "nowhere:x",
-        "--no-mdns",
-    ]);
+    let (ok, text) = run(&["host", &jobs.to_string_lossy(), &cache, "--listen", "nowhere:x", "--no-mdns"]);
     assert!(!ok && text.contains("\"nowhere:x\""), "{text}");
 }
 
@@ -72,15 +45,7 @@ fn bad_addresses_are_named() {
 fn a_missing_blender_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().to_string_lossy().into_owned();
-    let (ok, text) = run(&[
-        "join",
-        "127.0.0.1:1",
-        "--no-mdns",
-        "--cache-dir",
-        &cache,
-        "--blender",
-        "/no/blender",
-    ]);
+    let (ok, text) = run(&["join", "127.0.0.1:1", "--no-mdns", "--cache-dir", &cache, "--blender", "/no/blender"]);
     assert!(!ok && text.contains("/no/blender"), "{text}");
 }
 

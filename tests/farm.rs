@@ -15,11 +15,7 @@ async fn two_volunteers_render_every_frame_once_into_the_render_folder() {
     let blend_name = BlobHash::of_bytes(b"not really a blend").to_hex();
     let (host, _stop_host) = start_host(&dirs).await;
     let addr = host.addrs[0].clone();
-    let (_a, _stop_a) = start_fake_worker(
-        dirs.cache("a"),
-        addr.clone(),
-        FakeRenderer::new(Duration::from_millis(20)),
-    );
+    let (_a, _stop_a) = start_fake_worker(dirs.cache("a"), addr.clone(), FakeRenderer::new(Duration::from_millis(20)));
     let (_b, _stop_b) = start_fake_worker(dirs.cache("b"), addr, FakeRenderer::new(Duration::from_millis(20)));
     write_job(&dirs.jobdir, "shot", "scene.blend", 1, 12);
 
@@ -27,10 +23,8 @@ async fn two_volunteers_render_every_frame_once_into_the_render_folder() {
     let want = frame_names(1, 12, "png");
     wait_until("all 12 frames", LIMIT, || files_in(&out) == want).await;
     let log_path = dirs.jobdir.join("shot.log");
-    wait_until("the finished line", LIMIT, || {
-        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("finished"))
-    })
-    .await;
+    wait_until("the finished line", LIMIT, || std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("finished")))
+        .await;
     for f in 1..=12 {
         let bytes = std::fs::read(out.join(format!("{f:04}.png"))).unwrap();
         assert_eq!(bytes, FakeRenderer::content(&blend_name, f), "frame {f}");
@@ -38,11 +32,7 @@ async fn two_volunteers_render_every_frame_once_into_the_render_folder() {
     // Each volunteer fetched the .blend once into its own cache, by hash.
     for v in ["a", "b"] {
         let cached = dirs.cache(v).join("blobs").join(&blend_name);
-        assert!(
-            cached.exists(),
-            "volunteer {v} has no cached .blend at {}",
-            cached.display()
-        );
+        assert!(cached.exists(), "volunteer {v} has no cached .blend at {}", cached.display());
     }
     let log = std::fs::read_to_string(dirs.jobdir.join("shot.log")).unwrap();
     assert!(log.contains("accepted"), "{log}");
@@ -58,16 +48,10 @@ async fn a_bad_job_is_reported_by_name_and_the_others_carry_on() {
     std::fs::write(dirs.jobdir.join("nofile.job"), "missing.blend\n1\n2\n").unwrap();
     write_job(&dirs.jobdir, "good", "scene.blend", 1, 3);
     let (host, _stop_host) = start_host(&dirs).await;
-    let (_w, _stop_w) = start_fake_worker(
-        dirs.cache("w"),
-        host.addrs[0].clone(),
-        FakeRenderer::new(Duration::from_millis(5)),
-    );
+    let (_w, _stop_w) =
+        start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), FakeRenderer::new(Duration::from_millis(5)));
 
-    wait_until("the good job", LIMIT, || {
-        files_in(&dirs.renderdir.join("good")) == frame_names(1, 3, "png")
-    })
-    .await;
+    wait_until("the good job", LIMIT, || files_in(&dirs.renderdir.join("good")) == frame_names(1, 3, "png")).await;
     let broken = std::fs::read_to_string(dirs.jobdir.join("broken.log")).unwrap();
     assert!(broken.contains("rejected") && broken.contains("ten"), "{broken}");
     let nofile = std::fs::read_to_string(dirs.jobdir.join("nofile.log")).unwrap();
@@ -85,26 +69,15 @@ async fn a_volunteer_started_before_the_host_joins_when_it_appears() {
     std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
     write_job(&dirs.jobdir, "late", "scene.blend", 1, 2);
     // Reserve a port, release it, and point the volunteer at it before the host exists.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-    let (_w, _stop_w) = start_fake_worker(
-        dirs.cache("w"),
-        addr.clone(),
-        FakeRenderer::new(Duration::from_millis(5)),
-    );
+    let (_w, _stop_w) = start_fake_worker(dirs.cache("w"), addr.clone(), FakeRenderer::new(Duration::from_millis(5)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut config = dirs.host_config();
     config.listen = vec![addr];
     let (_stop, shutdown) = shutdown_switch();
     let _host = blenderdist::host::start(config, shutdown).await.unwrap();
-    wait_until("both frames", LIMIT, || {
-        files_in(&dirs.renderdir.join("late")) == frame_names(1, 2, "png")
-    })
-    .await;
+    wait_until("both frames", LIMIT, || files_in(&dirs.renderdir.join("late")) == frame_names(1, 2, "png")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

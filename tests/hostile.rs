@@ -40,9 +40,7 @@ async fn junk_bytes_and_half_open_connections_do_not_stop_the_host_or_the_job() 
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         match i % 3 {
             0 => {
-                let junk: Vec<u8> = (0..4096u32)
-                    .map(|n| (n as u8).wrapping_mul(31).wrapping_add(i))
-                    .collect();
+                let junk: Vec<u8> = (0..4096u32).map(|n| (n as u8).wrapping_mul(31).wrapping_add(i)).collect();
                 let _ = s.write_all(&junk);
             }
             1 => {
@@ -89,75 +87,29 @@ async fn forged_results_and_unasked_uploads_are_refused() {
     let junk = b"pretend this is a frame".to_vec();
     let hash = BlobHash::of_bytes(&junk);
     // A result for a frame never granted to this peer.
-    let forged = WorkRequest::Rendered {
-        job: "j".into(),
-        frame: 1,
-        blob: hash,
-        size: junk.len() as u64,
-        ext: "png".into(),
-    };
+    let forged =
+        WorkRequest::Rendered { job: "j".into(), frame: 1, blob: hash, size: junk.len() as u64, ext: "png".into() };
     let answer = client.request(host_id, forged).await.unwrap();
     assert_ne!(answer, WorkResponse::Upload, "a forged result was invited");
     // A path-escaping extension on a frame it was granted.
-    let granted = client
-        .request(
-            host_id,
-            WorkRequest::Claim {
-                version: PROTOCOL_VERSION,
-                slots: 1,
-            },
-        )
-        .await
-        .unwrap();
-    let WorkResponse::Granted(grants) = granted else {
-        panic!("no grant: {granted:?}")
-    };
+    let granted = client.request(host_id, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 }).await.unwrap();
+    let WorkResponse::Granted(grants) = granted else { panic!("no grant: {granted:?}") };
     let frame = grants[0].frame;
-    let evil = WorkRequest::Rendered {
-        job: "j".into(),
-        frame,
-        blob: hash,
-        size: 5,
-        ext: "/../../x".into(),
-    };
-    assert!(matches!(
-        client.request(host_id, evil).await.unwrap(),
-        WorkResponse::Refused { .. }
-    ));
+    let evil = WorkRequest::Rendered { job: "j".into(), frame, blob: hash, size: 5, ext: "/../../x".into() };
+    assert!(matches!(client.request(host_id, evil).await.unwrap(), WorkResponse::Refused { .. }));
     // An upload nobody asked for.
     let mut control = client.streams();
     let mut stream = control.open_stream(host_id, BLOB_PROTOCOL).await.unwrap();
-    write_header(
-        &mut stream,
-        &BlobRequest::Put {
-            hash,
-            size: junk.len() as u64,
-        },
-    )
-    .await
-    .unwrap();
+    write_header(&mut stream, &BlobRequest::Put { hash, size: junk.len() as u64 }).await.unwrap();
     let _ = stream.write_all(&junk).await;
     let reply: BlobReply = read_header(&mut stream).await.unwrap();
     assert!(matches!(reply, BlobReply::Refused { .. }), "{reply:?}");
     // An invited upload whose bytes do not match the announced hash.
-    let notice = WorkRequest::Rendered {
-        job: "j".into(),
-        frame,
-        blob: hash,
-        size: junk.len() as u64,
-        ext: "png".into(),
-    };
+    let notice =
+        WorkRequest::Rendered { job: "j".into(), frame, blob: hash, size: junk.len() as u64, ext: "png".into() };
     assert_eq!(client.request(host_id, notice).await.unwrap(), WorkResponse::Upload);
     let mut stream = control.open_stream(host_id, BLOB_PROTOCOL).await.unwrap();
-    write_header(
-        &mut stream,
-        &BlobRequest::Put {
-            hash,
-            size: junk.len() as u64,
-        },
-    )
-    .await
-    .unwrap();
+    write_header(&mut stream, &BlobRequest::Put { hash, size: junk.len() as u64 }).await.unwrap();
     let mut tampered = junk.clone();
     tampered[0] ^= 1;
     stream.write_all(&tampered).await.unwrap();
@@ -165,39 +117,20 @@ async fn forged_results_and_unasked_uploads_are_refused() {
     assert!(matches!(reply, BlobReply::Refused { .. }), "{reply:?}");
     // A request for a blob the host does not serve, and a junk header.
     let mut stream = control.open_stream(host_id, BLOB_PROTOCOL).await.unwrap();
-    write_header(
-        &mut stream,
-        &BlobRequest::Get {
-            hash: BlobHash::of_bytes(b"secret"),
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        read_header::<_, BlobReply>(&mut stream).await.unwrap(),
-        BlobReply::Missing
-    );
+    write_header(&mut stream, &BlobRequest::Get { hash: BlobHash::of_bytes(b"secret") }).await.unwrap();
+    assert_eq!(read_header::<_, BlobReply>(&mut stream).await.unwrap(), BlobReply::Missing);
     let mut stream = control.open_stream(host_id, BLOB_PROTOCOL).await.unwrap();
     let _ = stream.write_all(b"\x00\x00\x00\x08garbage!").await;
     let _ = stream.close().await;
 
-    assert!(
-        files_in(&dirs.renderdir.join("j")).is_empty(),
-        "a forged frame was written"
-    );
+    assert!(files_in(&dirs.renderdir.join("j")).is_empty(), "a forged frame was written");
     // Leaving returns the frame this peer was granted to the queue at once.
     drop(control);
     drop(client);
     // The host is still serving: a real volunteer renders the whole job.
-    let (_w, _stop_w) = start_fake_worker(
-        dirs.cache("w"),
-        host.addrs[0].clone(),
-        FakeRenderer::new(Duration::from_millis(5)),
-    );
-    wait_until("the job", LIMIT, || {
-        files_in(&dirs.renderdir.join("j")) == frame_names(1, 3, "png")
-    })
-    .await;
+    let (_w, _stop_w) =
+        start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), FakeRenderer::new(Duration::from_millis(5)));
+    wait_until("the job", LIMIT, || files_in(&dirs.renderdir.join("j")) == frame_names(1, 3, "png")).await;
     let blend_name = BlobHash::of_bytes(b"blend").to_hex();
     for f in 1..=3 {
         let bytes = std::fs::read(dirs.renderdir.join("j").join(format!("{f:04}.png"))).unwrap();

@@ -15,12 +15,7 @@ struct Lan {
 }
 
 fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 impl Lan {
@@ -28,10 +23,7 @@ impl Lan {
     fn new() -> Option<Self> {
         let id = std::process::id() % 50_000;
         let (h, v) = (format!("bdh{id}"), format!("bdv{id}"));
-        let lan = Lan {
-            host_ns: h.clone(),
-            volunteer_ns: v.clone(),
-        };
+        let lan = Lan { host_ns: h.clone(), volunteer_ns: v.clone() };
         let (ha, va) = (format!("vh{id}"), format!("vv{id}"));
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", &h],
@@ -78,9 +70,7 @@ fn a_volunteer_with_no_address_finds_the_host_by_mdns_over_a_veth_pair() {
     write_job(&dirs.jobdir, "lan", "scene.blend", 1, 2);
 
     let mut host = Command::new("ip");
-    host.args(["netns", "exec", &lan.host_ns, BIN, "host"])
-        .arg(&dirs.jobdir)
-        .arg(&dirs.renderdir);
+    host.args(["netns", "exec", &lan.host_ns, BIN, "host"]).arg(&dirs.jobdir).arg(&dirs.renderdir);
     host.args(["--listen", "198.18.7.1:7463"]).stdout(Stdio::piped());
     let mut host = host.spawn().unwrap();
     let stdout = host.stdout.take().unwrap();
@@ -89,16 +79,7 @@ fn a_volunteer_with_no_address_finds_the_host_by_mdns_over_a_veth_pair() {
     assert!(join.starts_with("/ip4/198.18.7.1/tcp/7463/p2p/"), "{join}");
 
     let mut volunteer = Command::new("ip");
-    volunteer.args([
-        "netns",
-        "exec",
-        &lan.volunteer_ns,
-        BIN,
-        "join",
-        "--threads",
-        "1",
-        "--cache-dir",
-    ]);
+    volunteer.args(["netns", "exec", &lan.volunteer_ns, BIN, "join", "--threads", "1", "--cache-dir"]);
     volunteer.arg(dirs.cache("v")).stdin(Stdio::null());
     let _volunteer = Proc(volunteer.spawn().unwrap());
 

@@ -89,9 +89,8 @@ impl BlobServer {
 
     /// Accepts blob streams until the network stops.
     pub fn spawn(&self, mut control: libp2p_stream::Control) -> anyhow::Result<()> {
-        let mut incoming = control
-            .accept(BLOB_PROTOCOL)
-            .map_err(|e| anyhow::anyhow!("cannot accept blob streams: {e}"))?;
+        let mut incoming =
+            control.accept(BLOB_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept blob streams: {e}"))?;
         let server = self.clone();
         tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
@@ -127,29 +126,18 @@ impl BlobServer {
         write_header(&mut stream, &BlobReply::Found { size }).await?;
         let sent = send_file(&path, &mut stream).await?;
         stream.close().await?;
-        info!(
-            "sent {} ({sent} bytes, blob {}) to {peer}",
-            path.display(),
-            hash.short()
-        );
+        info!("sent {} ({sent} bytes, blob {}) to {peer}", path.display(), hash.short());
         Ok(())
     }
 
     async fn receive_frame(&self, peer: PeerId, hash: BlobHash, size: u64, stream: &mut Stream) -> BlobReply {
         let upload = lock(&self.inner.expected).remove(&(peer, hash));
         let Some(upload) = upload else {
-            warn!(
-                "{peer} tried to upload blob {} that the host did not ask for",
-                hash.short()
-            );
-            return BlobReply::Refused {
-                reason: "this host did not ask for that blob".into(),
-            };
+            warn!("{peer} tried to upload blob {} that the host did not ask for", hash.short());
+            return BlobReply::Refused { reason: "this host did not ask for that blob".into() };
         };
         if size != upload.size {
-            return BlobReply::Refused {
-                reason: format!("announced {} bytes, now {size}", upload.size),
-            };
+            return BlobReply::Refused { reason: format!("announced {} bytes, now {size}", upload.size) };
         }
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let temp = self.inner.temp_dir.join(format!("{}-{n}.part", hash.short()));
@@ -162,24 +150,15 @@ impl BlobServer {
             return BlobReply::Refused { reason: e.to_string() };
         }
         let (reply, answer) = oneshot::channel();
-        let arrival = FrameArrived {
-            peer,
-            upload,
-            temp: temp.clone(),
-            reply,
-        };
+        let arrival = FrameArrived { peer, upload, temp: temp.clone(), reply };
         if self.inner.arrivals.send(arrival).await.is_err() {
             let _ = std::fs::remove_file(&temp);
-            return BlobReply::Refused {
-                reason: "the host is shutting down".into(),
-            };
+            return BlobReply::Refused { reason: "the host is shutting down".into() };
         }
         match answer.await {
             Ok(Ok(())) => BlobReply::Stored,
             Ok(Err(reason)) => BlobReply::Refused { reason },
-            Err(_) => BlobReply::Refused {
-                reason: "the host is shutting down".into(),
-            },
+            Err(_) => BlobReply::Refused { reason: "the host is shutting down".into() },
         }
     }
 }

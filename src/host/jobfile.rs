@@ -157,13 +157,7 @@ pub fn parse_job_text(name: &str, text: &str, jobdir: &Path) -> Result<JobFile, 
     }
 
     let (name, blend) = (name.to_string(), jobdir.join(blend));
-    Ok(JobFile {
-        name,
-        blend,
-        first,
-        last,
-        priority,
-    })
+    Ok(JobFile { name, blend, first, last, priority })
 }
 
 /// Parses one frame number. Only plain decimal digits are accepted: `+5`, `1e3` or `1_000` are far more likely
@@ -226,10 +220,8 @@ pub fn load_job_file(path: &Path, jobdir: &Path) -> Result<JobFile, JobFileError
 /// Opens the .blend once so a typo or a permission problem shows up now, on the owner's machine, with a clear message.
 fn check_blend(blend: &Path) -> Result<(), JobFileError> {
     let path = blend.to_path_buf();
-    let unreadable = |e: std::io::Error| JobFileError::BlendUnreadable {
-        path: blend.to_path_buf(),
-        error: e.to_string(),
-    };
+    let unreadable =
+        |e: std::io::Error| JobFileError::BlendUnreadable { path: blend.to_path_buf(), error: e.to_string() };
     let meta = match fs::metadata(blend) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Err(JobFileError::BlendMissing { path }),
         other => other.map_err(unreadable)?,

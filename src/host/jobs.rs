@@ -86,25 +86,13 @@ impl Host {
         let name = file.name.clone();
         let suspended = suspend_path(path).exists();
         self.jobs.errors.remove(&name);
-        let unchanged = self
-            .jobs
-            .jobs
-            .get(&name)
-            .is_some_and(|t| t.file == file && t.blend == blend);
+        let unchanged = self.jobs.jobs.get(&name).is_some_and(|t| t.file == file && t.blend == blend);
         let mut changed = false;
         if !unchanged {
             if let Err(e) = self.upsert_job(path, &file, blend, size) {
                 return self.reject_job(&name, e);
             }
-            self.jobs.jobs.insert(
-                name.clone(),
-                TrackedJob {
-                    file,
-                    blend,
-                    suspended: false,
-                    finished_reported: false,
-                },
-            );
+            self.jobs.jobs.insert(name.clone(), TrackedJob { file, blend, suspended: false, finished_reported: false });
             changed = true;
         }
         if let Some(tracked) = self.jobs.jobs.get_mut(&name) {
@@ -121,11 +109,7 @@ impl Host {
     }
 
     fn upsert_job(&mut self, path: &Path, file: &jobfile::JobFile, blend: BlobHash, size: u64) -> Result<(), String> {
-        let record = JobRecord {
-            blend,
-            first: file.first,
-            last: file.last,
-        };
+        let record = JobRecord { blend, first: file.first, last: file.last };
         self.state.put_job(&file.name, &record).map_err(|e| e.to_string())?;
         let done = self.state.done_frames(&file.name).map_err(|e| e.to_string())?;
         let desc = JobDesc {
@@ -175,10 +159,7 @@ impl Host {
     fn cancel_job(&mut self, name: &str, why: &str) {
         self.jobs.jobs.remove(name);
         let recalls = self.scheduler.remove_job(name);
-        info!(
-            "job {name} cancelled ({why}); {} frames in flight recalled",
-            recalls.len()
-        );
+        info!("job {name} cancelled ({why}); {} frames in flight recalled", recalls.len());
         joblog::append(&self.config.jobdir, name, &format!("cancelled: {why}"));
     }
 

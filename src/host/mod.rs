@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod jobfile;
 pub mod joblog;
 mod jobs;
+mod owner;
 mod watch;
 
 use std::{collections::HashMap, future::Future, path::PathBuf, time::Duration};
@@ -53,13 +54,7 @@ impl HostConfig {
             args.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
         };
         let state_dir = args.state_dir.unwrap_or_else(|| args.renderdir.join(".blenderdist"));
-        Ok(Self {
-            jobdir: args.jobdir,
-            renderdir: args.renderdir,
-            state_dir,
-            listen,
-            mdns: !args.no_mdns,
-        })
+        Ok(Self { jobdir: args.jobdir, renderdir: args.renderdir, state_dir, listen, mdns: !args.no_mdns })
     }
 }
 
@@ -73,12 +68,13 @@ pub struct RunningHost {
 
 pub async fn run_cli(args: HostArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let config = HostConfig::from_args(args)?;
-    let host = start(config, shutdown).await?;
+    let host = match start(config, shutdown).await {
+        Ok(host) => host,
+        Err(e) if e.is::<owner::StoppedAsStandby>() => return Ok(()),
+        Err(e) => return Err(e),
+    };
     if let Some(addr) = best_addr(&host.addrs) {
-        println!(
-            "blenderdist host {} is ready. On each volunteer machine run:",
-            host.peer_id
-        );
+        println!("blenderdist host {} is ready. On each volunteer machine run:", host.peer_id);
         println!("    blenderdist join {addr}");
     }
     host.task.await.context("the host task panicked")?
@@ -90,6 +86,11 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningHost> {
     check_dir(&config.jobdir, "job folder")?;
+    let mut shutdown = Box::pin(shutdown);
+    let owner_lock = tokio::select! {
+        lock = owner::acquire(&config.jobdir) => lock?,
+        _ = &mut shutdown => return Err(owner::StoppedAsStandby.into()),
+    };
     std::fs::create_dir_all(&config.renderdir)
         .with_context(|| format!("cannot create the render folder {}", config.renderdir.display()))?;
     std::fs::create_dir_all(&config.state_dir)
@@ -131,6 +132,7 @@ pub async fn start(
         blob_server,
         grant_times: HashMap::new(),
         offer_seq: 0,
+        _owner_lock: owner_lock,
         state,
         client,
         config,
@@ -156,12 +158,7 @@ fn best_addr(addrs: &[Multiaddr]) -> Option<&Multiaddr> {
 }
 
 fn to_wire(g: Grant) -> FrameGrant {
-    FrameGrant {
-        job: g.job,
-        frame: g.frame,
-        blend: g.blend,
-        blend_size: g.blend_size,
-    }
+    FrameGrant { job: g.job, frame: g.frame, blend: g.blend, blend_size: g.blend_size }
 }
 
 struct Host {
@@ -174,6 +171,8 @@ struct Host {
     /// When each frame was last granted, to log how long it took.
     grant_times: HashMap<(String, u32), Instant>,
     offer_seq: u64,
+    /// Held for the host's lifetime: no second host renders this JOBDIR meanwhile.
+    _owner_lock: owner::OwnerLock,
 }
 
 impl Host {
@@ -214,17 +213,8 @@ impl Host {
 
     async fn publish_offer(&mut self) {
         self.offer_seq += 1;
-        let jobs = self
-            .scheduler
-            .offers()
-            .into_iter()
-            .map(|(job, pending)| OfferedJob { job, pending })
-            .collect();
-        let offer = JobOffer {
-            version: PROTOCOL_VERSION,
-            seq: self.offer_seq,
-            jobs,
-        };
+        let jobs = self.scheduler.offers().into_iter().map(|(job, pending)| OfferedJob { job, pending }).collect();
+        let offer = JobOffer { version: PROTOCOL_VERSION, seq: self.offer_seq, jobs };
         let _ = self.client.publish(offer).await;
     }
 
@@ -251,9 +241,7 @@ impl Host {
             },
             WorkRequest::Claim { slots, .. } => {
                 let now = Instant::now();
-                let grants = self
-                    .scheduler
-                    .claim(&peer, slots.clamp(1, MAX_CLAIM_SLOTS), now.into_std());
+                let grants = self.scheduler.claim(&peer, slots.clamp(1, MAX_CLAIM_SLOTS), now.into_std());
                 if grants.is_empty() {
                     return WorkResponse::NoWork;
                 }
@@ -270,22 +258,14 @@ impl Host {
                     WorkResponse::Discard
                 }
             }
-            WorkRequest::Rendered {
-                job,
-                frame,
-                blob,
-                size,
-                ext,
-            } => self.on_rendered(peer, job, frame, blob, size, ext),
+            WorkRequest::Rendered { job, frame, blob, size, ext } => {
+                self.on_rendered(peer, job, frame, blob, size, ext)
+            }
             WorkRequest::Failed { job, frame, mut error } => {
                 truncate_utf8(&mut error, MAX_ERROR_TEXT);
                 warn!("frame {frame} of {job} failed on {peer}: {error}");
                 if self.jobs.contains(&job) {
-                    joblog::append(
-                        &self.config.jobdir,
-                        &job,
-                        &format!("frame {frame} failed on {peer}: {error}"),
-                    );
+                    joblog::append(&self.config.jobdir, &job, &format!("frame {frame} failed on {peer}: {error}"));
                 }
                 if let FailOutcome::JobFailed { reason } = self.scheduler.frame_failed(&peer, &job, frame, &error) {
                     warn!("job {job} failed: {reason}");
@@ -308,14 +288,11 @@ impl Host {
         let ext = ext.to_ascii_lowercase();
         if !is_frame_extension(&ext) || size == 0 || size > MAX_BLOB_SIZE {
             warn!("{peer} reported frame {frame} of {job} as a {size}-byte .{ext} file; refusing it");
-            return WorkResponse::Refused {
-                reason: format!("a {size}-byte .{ext} frame is not acceptable"),
-            };
+            return WorkResponse::Refused { reason: format!("a {size}-byte .{ext} frame is not acceptable") };
         }
         match self.scheduler.rendered(&peer, &job, frame) {
             Verdict::Accept => {
-                self.blob_server
-                    .expect(peer, blob, ExpectedUpload { job, frame, ext, size });
+                self.blob_server.expect(peer, blob, ExpectedUpload { job, frame, ext, size });
                 WorkResponse::Upload
             }
             Verdict::Discard => WorkResponse::Discard,
@@ -325,12 +302,7 @@ impl Host {
     /// A verified frame is in the temp folder: move it into place, then record it as done, in that order, so a
     /// crash in between only costs a re-render.
     fn on_frame_arrived(&mut self, arrival: FrameArrived) {
-        let FrameArrived {
-            peer,
-            upload,
-            temp,
-            reply,
-        } = arrival;
+        let FrameArrived { peer, upload, temp, reply } = arrival;
         let result = self.store_frame(peer, &upload, &temp);
         if result.is_err() {
             let _ = std::fs::remove_file(&temp);
@@ -357,25 +329,11 @@ impl Host {
             return Err(format!("the host cannot record frame {frame} of {job}"));
         }
         for recall in self.scheduler.frame_stored(job, *frame) {
-            debug!(
-                "frame {} of {} done elsewhere; {} may stop",
-                recall.frame, recall.job, recall.peer
-            );
+            debug!("frame {} of {} done elsewhere; {} may stop", recall.frame, recall.job, recall.peer);
         }
-        let took = self
-            .grant_times
-            .remove(&(job.clone(), *frame))
-            .map(|t| t.elapsed().as_secs_f64())
-            .unwrap_or(0.0);
-        info!(
-            "frame {frame} of {job} done by {peer} in {took:.1}s: {}",
-            target.display()
-        );
-        joblog::append(
-            &self.config.jobdir,
-            job,
-            &format!("frame {frame} done by {peer} in {took:.1}s"),
-        );
+        let took = self.grant_times.remove(&(job.clone(), *frame)).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        info!("frame {frame} of {job} done by {peer} in {took:.1}s: {}", target.display());
+        joblog::append(&self.config.jobdir, job, &format!("frame {frame} done by {peer} in {took:.1}s"));
         if let Some(status) = self.scheduler.status(job) {
             if status.finished && self.report_finished(job) {
                 info!("job {job} finished: {} frames in {}", status.total, dir.display());

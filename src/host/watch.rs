@@ -32,18 +32,11 @@ impl JobDirWatcher {
         let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
-                warn!(
-                    "cannot watch {} ({e}); rescanning it every second instead",
-                    jobdir.display()
-                );
+                warn!("cannot watch {} ({e}); rescanning it every second instead", jobdir.display());
                 None
             }
         };
-        Self {
-            _watcher: watcher,
-            events,
-            rescan: tokio::time::interval(RESCAN),
-        }
+        Self { _watcher: watcher, events, rescan: tokio::time::interval(RESCAN) }
     }
 
     /// Resolves when the folder should be rescanned. Cancellation-safe: it is one arm of the host's `select!`.

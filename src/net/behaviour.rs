@@ -33,10 +33,7 @@ impl Behaviour {
                 .with_agent_version(format!("{agent}{}", env!("CARGO_PKG_VERSION"))),
         );
         let mdns = if use_mdns {
-            Some(mdns::tokio::Behaviour::new(
-                mdns::Config::default(),
-                key.public().to_peer_id(),
-            )?)
+            Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())?)
         } else {
             None
         };

@@ -56,11 +56,7 @@ impl EventLoop {
         is_host: bool,
     ) -> Result<Self, String> {
         let topic = gossipsub::IdentTopic::new(OFFER_TOPIC);
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&topic)
-            .map_err(|e| e.to_string())?;
+        swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| e.to_string())?;
         let now = Instant::now();
         let bootstrap = bootstrap
             .into_iter()
@@ -128,13 +124,7 @@ impl EventLoop {
             }
             Command::Respond { channel, response } => {
                 // Fails only when the peer is gone or the request timed out; the peer retries on its own.
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .work
-                    .send_response(channel, response)
-                    .is_err()
-                {
+                if self.swarm.behaviour_mut().work.send_response(channel, response).is_err() {
                     debug!("response not sent: the requesting peer is gone");
                 }
             }
@@ -167,9 +157,7 @@ impl EventLoop {
                 info!("listening on {address}");
                 self.emit(NetEvent::Listening(address)).await;
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id, connection_id, ..
-            } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
                 debug!(%peer_id, "connected");
                 for b in &mut self.bootstrap {
                     if b.peer == Some(peer_id) || b.dialing == Some(connection_id) {
@@ -180,12 +168,7 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                cause,
-                ..
-            } => {
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                 debug!(%peer_id, ?cause, "disconnected");
                 self.discovered.remove(&peer_id);
                 let now = Instant::now();
@@ -195,11 +178,7 @@ impl EventLoop {
                 }
                 self.emit(NetEvent::PeerGone(peer_id)).await;
             }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id,
-                connection_id,
-                error,
-            } => {
+            SwarmEvent::OutgoingConnectionError { peer_id, connection_id, error } => {
                 debug!(?peer_id, "dial failed: {error}");
                 for b in self.bootstrap.iter_mut().filter(|b| b.dialing == Some(connection_id)) {
                     b.dialing = None;
@@ -208,9 +187,7 @@ impl EventLoop {
                     self.discovered.remove(&peer);
                 }
             }
-            SwarmEvent::IncomingConnectionError {
-                send_back_addr, error, ..
-            } => {
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 // Junk bytes, port scans and half-open handshakes end here; they cost the node nothing else.
                 debug!(%send_back_addr, "incoming connection failed: {error}");
             }
@@ -232,11 +209,7 @@ impl EventLoop {
                     self.emit(NetEvent::HostFound(peer_id)).await;
                 }
             }
-            BehaviourEvent::Ping(ping::Event {
-                peer,
-                connection,
-                result: Err(e),
-            }) => {
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
                 // A peer that stops answering pings is treated as gone, so its frames are requeued promptly.
                 debug!(%peer, "ping failed: {e}; closing the connection");
                 self.swarm.close_connection(connection);
@@ -283,17 +256,9 @@ impl EventLoop {
                     }
                 }
             },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                    let _ = reply.send(Err(NetError::Request { peer, reason: error.to_string() }));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

@@ -64,24 +64,11 @@ pub enum NetError {
 }
 
 pub(crate) enum Command {
-    Request {
-        peer: PeerId,
-        request: WorkRequest,
-        reply: oneshot::Sender<Result<WorkResponse, NetError>>,
-    },
-    Respond {
-        channel: ResponseChannel<WorkResponse>,
-        response: WorkResponse,
-    },
-    Publish {
-        offer: JobOffer,
-    },
-    ListenAddrs {
-        reply: oneshot::Sender<Vec<Multiaddr>>,
-    },
-    ConnectedPeers {
-        reply: oneshot::Sender<Vec<PeerId>>,
-    },
+    Request { peer: PeerId, request: WorkRequest, reply: oneshot::Sender<Result<WorkResponse, NetError>> },
+    Respond { channel: ResponseChannel<WorkResponse>, response: WorkResponse },
+    Publish { offer: JobOffer },
+    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
+    ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
 }
 
 /// A cheap, cloneable handle on the event loop.
@@ -143,11 +130,7 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_dns()
         .map_err(|e| setup(&e))?
@@ -157,9 +140,7 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     for addr in &config.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Setup(format!("cannot listen on {addr}: {e}")))?;
+        swarm.listen_on(addr.clone()).map_err(|e| NetError::Setup(format!("cannot listen on {addr}: {e}")))?;
     }
     let control = swarm.behaviour().stream.new_control();
     let (commands, command_rx) = mpsc::channel(256);
@@ -168,12 +149,5 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
     let event_loop =
         EventLoop::new(swarm, command_rx, events, config.bootstrap, config.is_host).map_err(NetError::Setup)?;
     tokio::spawn(event_loop.run());
-    Ok((
-        Client {
-            commands,
-            control,
-            peer_id,
-        },
-        event_rx,
-    ))
+    Ok((Client { commands, control, peer_id }, event_rx))
 }

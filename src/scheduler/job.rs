@@ -137,11 +137,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Job<P> {
 
     /// Whether a pending frame exists that this peer has not failed.
     pub(super) fn has_pending_for(&self, peer: &P) -> bool {
-        let excluded = self
-            .failed_by(peer)
-            .iter()
-            .filter(|&&f| self.state(f) == Some(FrameState::Pending))
-            .count();
+        let excluded = self.failed_by(peer).iter().filter(|&&f| self.state(f) == Some(FrameState::Pending)).count();
         self.pending as usize > excluded
     }
 
@@ -212,12 +208,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Job<P> {
             }
             FrameState::Leased => {}
         }
-        let holder = Holder {
-            peer: peer.clone(),
-            granted: now,
-            renewed: now,
-            rendered: false,
-        };
+        let holder = Holder { peer: peer.clone(), granted: now, renewed: now, rendered: false };
         self.leases.entry(frame).or_default().push(holder);
         self.forget_late(frame, peer);
     }
@@ -286,10 +277,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Job<P> {
     /// Drops every lease without requeueing (the caller rebuilds or discards the frame table). Returns them.
     pub(super) fn take_all_leases(&mut self) -> Vec<(u32, P)> {
         let leases = std::mem::take(&mut self.leases);
-        leases
-            .into_iter()
-            .flat_map(|(frame, holders)| holders.into_iter().map(move |h| (frame, h.peer)))
-            .collect()
+        leases.into_iter().flat_map(|(frame, holders)| holders.into_iter().map(move |h| (frame, h.peer))).collect()
     }
 
     /// Moves the job to a new range with the same .blend: states of frames in both ranges are kept, leases outside

@@ -152,11 +152,7 @@ struct ServiceKey {
 
 impl ServiceKey {
     fn of(desc: &JobDesc) -> Self {
-        ServiceKey {
-            priority: Reverse(desc.priority),
-            order: desc.order,
-            name: desc.name.clone(),
-        }
+        ServiceKey { priority: Reverse(desc.priority), order: desc.order, name: desc.name.clone() }
     }
 }
 
@@ -169,20 +165,12 @@ pub struct Scheduler<P> {
 }
 
 fn recall<P>(job: &str, frame: u32, peer: P) -> Recall<P> {
-    Recall {
-        peer,
-        job: job.to_owned(),
-        frame,
-    }
+    Recall { peer, job: job.to_owned(), frame }
 }
 
 impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     pub fn new(config: SchedulerConfig) -> Self {
-        Scheduler {
-            config,
-            jobs: BTreeMap::new(),
-            keys: HashMap::new(),
-        }
+        Scheduler { config, jobs: BTreeMap::new(), keys: HashMap::new() }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -221,11 +209,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
             job.suspended = suspended;
             (JobChange::Restarted, dropped)
         } else {
-            let change = if job.desc == desc {
-                JobChange::Unchanged
-            } else {
-                JobChange::Updated
-            };
+            let change = if job.desc == desc { JobChange::Unchanged } else { JobChange::Updated };
             let mut dropped = Vec::new();
             if (job.desc.first, job.desc.last) != (desc.first, desc.last) {
                 dropped = job.rerange(desc.first, desc.last);
@@ -236,10 +220,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
             (change, dropped)
         };
-        let recalls = dropped
-            .into_iter()
-            .map(|(frame, peer)| recall(&name, frame, peer))
-            .collect();
+        let recalls = dropped.into_iter().map(|(frame, peer)| recall(&name, frame, peer)).collect();
         self.keys.insert(name, key.clone());
         self.jobs.insert(key, job);
         (change, recalls)
@@ -253,10 +234,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
         let Some(mut job) = self.jobs.remove(&key) else {
             return Vec::new();
         };
-        job.take_all_leases()
-            .into_iter()
-            .map(|(frame, peer)| recall(name, frame, peer))
-            .collect()
+        job.take_all_leases().into_iter().map(|(frame, peer)| recall(name, frame, peer)).collect()
     }
 
     /// A suspended job grants nothing new; in-flight leases continue and their results are kept, so suspending is
@@ -365,10 +343,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// (a backup, or the original when the backup won) are recalled.
     pub fn frame_stored(&mut self, job: &str, frame: u32) -> Vec<Recall<P>> {
         let Some(j) = self.job_mut(job) else { return Vec::new() };
-        j.mark_done(frame)
-            .into_iter()
-            .map(|peer| recall(job, frame, peer))
-            .collect()
+        j.mark_done(frame).into_iter().map(|peer| recall(job, frame, peer)).collect()
     }
 
     /// `peer` failed to render a frame. Its lease is dropped and the frame goes back to the queue for other peers;
@@ -424,18 +399,12 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Jobs open for volunteers (not suspended, failed or finished), in service order, with their pending frames
     /// (zero in the tail, when everything left is leased).
     pub fn offers(&self) -> Vec<(String, u32)> {
-        self.jobs
-            .values()
-            .filter(|j| j.eligible())
-            .map(|j| (j.desc.name.clone(), j.pending))
-            .collect()
+        self.jobs.values().filter(|j| j.eligible()).map(|j| (j.desc.name.clone(), j.pending)).collect()
     }
 
     /// Whether a claim by `peer` would get a pending frame. Backup copies are not considered: they depend on the time.
     pub fn has_work_for(&self, peer: &P) -> bool {
-        self.jobs
-            .values()
-            .any(|j| j.serves(peer, self.config.max_peer_failures) && j.has_pending_for(peer))
+        self.jobs.values().any(|j| j.serves(peer, self.config.max_peer_failures) && j.has_pending_for(peer))
     }
 
     pub fn status(&self, name: &str) -> Option<JobStatus> {
@@ -471,10 +440,5 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
 }
 
 fn grant(desc: &JobDesc, frame: u32) -> Grant {
-    Grant {
-        job: desc.name.clone(),
-        frame,
-        blend: desc.blend,
-        blend_size: desc.blend_size,
-    }
+    Grant { job: desc.name.clone(), frame, blend: desc.blend, blend_size: desc.blend_size }
 }

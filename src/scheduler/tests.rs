@@ -17,28 +17,12 @@ fn blend(n: u8) -> BlendHash {
 }
 
 fn desc(name: &str, first: u32, last: u32, priority: i32, order: u64) -> JobDesc {
-    JobDesc {
-        name: name.to_owned(),
-        blend: blend(1),
-        blend_size: 1000,
-        first,
-        last,
-        priority,
-        order,
-    }
+    JobDesc { name: name.to_owned(), blend: blend(1), blend_size: 1000, first, last, priority, order }
 }
 
 /// A fresh job status with only the counters set.
 fn st(total: u32, done: u32, leased: u32, pending: u32) -> JobStatus {
-    JobStatus {
-        total,
-        done,
-        leased,
-        pending,
-        suspended: false,
-        failed: None,
-        finished: done == total,
-    }
+    JobStatus { total, done, leased, pending, suspended: false, failed: None, finished: done == total }
 }
 
 fn secs(n: u64) -> Duration {
@@ -82,10 +66,7 @@ struct Harness {
 
 impl Harness {
     fn new(config: SchedulerConfig) -> Self {
-        Harness {
-            s: Scheduler::new(config),
-            start: Instant::now(),
-        }
+        Harness { s: Scheduler::new(config), start: Instant::now() }
     }
 
     fn at(&self, t: u64) -> Instant {
@@ -136,10 +117,7 @@ impl Harness {
             Status(name, status) => assert_eq!(self.s.status(name), status, "{context}"),
             FailedWith(name, text) => {
                 let failed = self.s.status(name).and_then(|s| s.failed);
-                assert!(
-                    failed.as_deref().is_some_and(|r| r.contains(text)),
-                    "{context}: {failed:?}"
-                );
+                assert!(failed.as_deref().is_some_and(|r| r.contains(text)), "{context}: {failed:?}");
             }
             Offers(offers) => {
                 let expected: Vec<(String, u32)> = offers.iter().map(|&(j, n)| (j.to_owned(), n)).collect();
@@ -179,41 +157,19 @@ fn check_invariants(s: &S, context: &str) {
         assert_eq!(job.leases.len() as u32, job.leased, "{context}: {name} lease map");
         for (&frame, holders) in &job.leases {
             assert_eq!(job.state(frame), Some(FrameState::Leased), "{context}: {name}/{frame}");
-            assert!(
-                !holders.is_empty() && holders.len() <= 2,
-                "{context}: {name}/{frame} {holders:?}"
-            );
-            assert!(
-                holders.len() < 2 || holders[0].peer != holders[1].peer,
-                "{context}: {name}/{frame}"
-            );
+            assert!(!holders.is_empty() && holders.len() <= 2, "{context}: {name}/{frame} {holders:?}");
+            assert!(holders.len() < 2 || holders[0].peer != holders[1].peer, "{context}: {name}/{frame}");
         }
         for &frame in &job.requeued {
             let idx = job.index(frame).expect("requeued frame in range");
-            assert!(
-                idx < job.cursor,
-                "{context}: {name}/{frame} requeued ahead of the cursor"
-            );
-            assert_eq!(
-                job.frames[idx],
-                FrameState::Pending,
-                "{context}: {name}/{frame} requeued"
-            );
+            assert!(idx < job.cursor, "{context}: {name}/{frame} requeued ahead of the cursor");
+            assert_eq!(job.frames[idx], FrameState::Pending, "{context}: {name}/{frame} requeued");
         }
-        let behind = job.frames[..job.cursor.min(job.frames.len())]
-            .iter()
-            .filter(|&&x| x == FrameState::Pending);
+        let behind = job.frames[..job.cursor.min(job.frames.len())].iter().filter(|&&x| x == FrameState::Pending);
         assert_eq!(behind.count(), job.requeued.len(), "{context}: {name} requeued set");
         for frame in job.late.keys() {
-            assert!(
-                job.index(*frame).is_some(),
-                "{context}: {name}/{frame} late but out of range"
-            );
-            assert_ne!(
-                job.state(*frame),
-                Some(FrameState::Done),
-                "{context}: {name}/{frame} late but done"
-            );
+            assert!(job.index(*frame).is_some(), "{context}: {name}/{frame} late but out of range");
+            assert_ne!(job.state(*frame), Some(FrameState::Done), "{context}: {name}/{frame} late but done");
         }
     }
 }
@@ -264,13 +220,7 @@ fn suspended_job_is_skipped_and_resumed() {
             Upsert(desc("b", 1, 2, 0, 1), &[], JobChange::Added, &[]),
             Claim("p", 1, 0, &[("a", 1)]),
             Suspend("a", true),
-            Status(
-                "a",
-                Some(JobStatus {
-                    suspended: true,
-                    ..st(4, 0, 1, 3)
-                }),
-            ),
+            Status("a", Some(JobStatus { suspended: true, ..st(4, 0, 1, 3) })),
             Offers(&[("b", 2)]),
             Claim("p", 2, 0, &[("b", 1), ("b", 2)]),
             // In-flight work on the suspended job goes on and is kept.
@@ -330,22 +280,13 @@ fn blend_change_restarts_the_job() {
             Claim("a", 1, 0, &[("j", 3)]),
             Suspend("j", true),
             Upsert(
-                JobDesc {
-                    blend: blend(2),
-                    ..desc("j", 1, 3, 0, 0)
-                },
+                JobDesc { blend: blend(2), ..desc("j", 1, 3, 0, 0) },
                 &[3],
                 JobChange::Restarted,
                 &[("a", "j", 3), ("b", "j", 1)],
             ),
             // Everything pending again (the done list describes the old scene), suspension kept.
-            Status(
-                "j",
-                Some(JobStatus {
-                    suspended: true,
-                    ..st(3, 0, 0, 3)
-                }),
-            ),
+            Status("j", Some(JobStatus { suspended: true, ..st(3, 0, 0, 3) })),
             Rendered("a", "j", 3, Verdict::Discard),
             Failed("b", "j", 1, "x", Fail::Ignored),
             Suspend("j", false),
@@ -354,15 +295,7 @@ fn blend_change_restarts_the_job() {
         ],
     );
     let grants = h.s.claim(&"c", 1, h.at(0));
-    assert_eq!(
-        grants,
-        vec![Grant {
-            job: "j".into(),
-            frame: 2,
-            blend: blend(2),
-            blend_size: 1000
-        }]
-    );
+    assert_eq!(grants, vec![Grant { job: "j".into(), frame: 2, blend: blend(2), blend_size: 1000 }]);
 }
 
 #[test]
@@ -376,15 +309,7 @@ fn upsert_reports_unchanged_and_applies_done_frames() {
             // Durable state wins: a frame listed as done is done, and its holder stops.
             Upsert(desc("j", 1, 3, 0, 0), &[1], JobChange::Unchanged, &[("a", "j", 1)]),
             Status("j", Some(st(3, 1, 0, 2))),
-            Upsert(
-                JobDesc {
-                    blend_size: 5,
-                    ..desc("j", 1, 3, 0, 0)
-                },
-                &[],
-                JobChange::Updated,
-                &[],
-            ),
+            Upsert(JobDesc { blend_size: 5, ..desc("j", 1, 3, 0, 0) }, &[], JobChange::Updated, &[]),
             Upsert(desc("j", 1, 3, 0, 7), &[], JobChange::Updated, &[]),
             Claim("b", 1, 0, &[("j", 2)]),
         ],
@@ -484,10 +409,7 @@ fn renew_peer_extends_all_its_leases() {
     assert_eq!(h.s.renew_peer(&"a", h.at(25)), 2);
     assert_eq!(h.s.renew_peer(&"z", h.at(25)), 0);
     assert_eq!(h.s.leases_of(&"a"), vec![("j".to_owned(), 1), ("j".to_owned(), 2)]);
-    h.run(vec![
-        Tick(30, &[("b", "j", 3)]),
-        Tick(55, &[("a", "j", 1), ("a", "j", 2)]),
-    ]);
+    h.run(vec![Tick(30, &[("b", "j", 3)]), Tick(55, &[("a", "j", 1), ("a", "j", 2)])]);
     assert!(h.s.leases_of(&"a").is_empty());
 }
 
@@ -517,10 +439,7 @@ fn late_result_is_accepted_until_the_frame_is_done() {
 
 #[test]
 fn backup_copy_in_the_tail_and_first_result_wins() {
-    let config = SchedulerConfig {
-        lease_timeout: secs(1000),
-        ..SchedulerConfig::default()
-    };
+    let config = SchedulerConfig { lease_timeout: secs(1000), ..SchedulerConfig::default() };
     run(
         config,
         vec![
@@ -548,10 +467,7 @@ fn backup_copy_in_the_tail_and_first_result_wins() {
 
 #[test]
 fn backups_skip_uploading_frames_and_frames_the_peer_failed() {
-    let config = SchedulerConfig {
-        lease_timeout: secs(1000),
-        ..SchedulerConfig::default()
-    };
+    let config = SchedulerConfig { lease_timeout: secs(1000), ..SchedulerConfig::default() };
     run(
         config,
         vec![
@@ -642,10 +558,7 @@ fn job_fails_after_three_distinct_peers_fail_a_frame() {
     );
     assert!(h.s.clear_failures("j"));
     assert!(!h.s.clear_failures("nope"));
-    h.run(vec![
-        Status("j", Some(st(5, 1, 0, 4))),
-        Claim("a", 2, 2, &[("j", 1), ("j", 3)]),
-    ]);
+    h.run(vec![Status("j", Some(st(5, 1, 0, 4))), Claim("a", 2, 2, &[("j", 1), ("j", 3)])]);
 }
 
 #[test]
@@ -700,9 +613,8 @@ fn restarted_scheduler_resumes_from_done_frames() {
             Stored("j", 3, &[]),
         ],
     );
-    let durable: Vec<u32> = (1..=6)
-        .filter(|&f| first.s.jobs.values().any(|j| j.state(f) == Some(FrameState::Done)))
-        .collect();
+    let durable: Vec<u32> =
+        (1..=6).filter(|&f| first.s.jobs.values().any(|j| j.state(f) == Some(FrameState::Done))).collect();
     assert_eq!(durable, vec![1, 3]);
     first.s = Scheduler::new(SchedulerConfig::default());
     // Second life: jobs re-added with their done frames; in-flight leases were lost with the old process.
@@ -713,12 +625,7 @@ fn restarted_scheduler_resumes_from_done_frames() {
         // `a` held frames 2 and 4 in the previous life; this scheduler never granted them, so its result is
         // refused (the .blend may have changed meanwhile) and the frames go out again.
         Rendered("a", "j", 2, Verdict::Discard),
-        Claim(
-            "c",
-            10,
-            0,
-            &[("j", 2), ("j", 4), ("j", 5), ("j", 6), ("k", 1), ("k", 2)],
-        ),
+        Claim("c", 10, 0, &[("j", 2), ("j", 4), ("j", 5), ("j", 6), ("k", 1), ("k", 2)]),
         Rendered("a", "j", 4, Verdict::Discard),
         Rendered("c", "j", 4, Verdict::Accept),
     ]);
@@ -748,10 +655,7 @@ fn empty_range_has_no_frames() {
 fn huge_range_is_capped() {
     let mut s: S = Scheduler::new(SchedulerConfig::default());
     let now = Instant::now();
-    assert_eq!(
-        s.upsert_job(desc("huge", 0, u32::MAX, 0, 0), &[u32::MAX, 1]).0,
-        JobChange::Added
-    );
+    assert_eq!(s.upsert_job(desc("huge", 0, u32::MAX, 0, 0), &[u32::MAX, 1]).0, JobChange::Added);
     assert_eq!(s.status("huge"), Some(st(MAX_JOB_FRAMES, 1, 0, MAX_JOB_FRAMES - 1)));
     let frames: Vec<u32> = s.claim(&"a", 2, now).iter().map(|g| g.frame).collect();
     assert_eq!(frames, vec![0, 2]);
@@ -799,10 +703,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -812,10 +713,7 @@ impl Lcg {
 /// holders (checked by the invariants).
 #[test]
 fn simulated_farm_finishes_every_frame_once() {
-    let config = SchedulerConfig {
-        max_frame_failures: 4,
-        ..SchedulerConfig::default()
-    };
+    let config = SchedulerConfig { max_frame_failures: 4, ..SchedulerConfig::default() };
     let mut s: S = Scheduler::new(config);
     let names: [&'static str; 50] = std::array::from_fn(|i| &*Box::leak(format!("peer{i:02}").into_boxed_str()));
     let broken = |p: P| p < "peer03";
@@ -828,21 +726,14 @@ fn simulated_farm_finishes_every_frame_once() {
     let mut failed_by = std::collections::HashSet::new();
     let mut held: Vec<(P, String, u32)> = Vec::new();
     let mut t = 0u64;
-    let finished = |s: &S| {
-        ["a", "b", "c"]
-            .iter()
-            .all(|j| s.status(j).is_some_and(|st| st.finished))
-    };
+    let finished = |s: &S| ["a", "b", "c"].iter().all(|j| s.status(j).is_some_and(|st| st.finished));
     while !finished(&s) {
         t += 5;
         assert!(t < 100_000, "the farm got stuck");
         let now = start + secs(t);
         for peer in names {
             for g in s.claim(&peer, 2, now) {
-                assert!(
-                    !failed_by.contains(&(peer, g.job.clone(), g.frame)),
-                    "{peer} got {g:?} again"
-                );
+                assert!(!failed_by.contains(&(peer, g.job.clone(), g.frame)), "{peer} got {g:?} again");
                 held.push((peer, g.job, g.frame));
             }
         }

@@ -228,17 +228,13 @@ fn check_size(hash: &BlobHash, size: u64) -> Result<(), BlobError> {
 }
 
 /// Checks what arrived against what was announced; size first, since the hash of a cut-off blob says nothing.
-fn verify(expected: &BlobHash, size: u64, actual_size: u64, actual: BlobHash) -> Result<(), BlobError> {
-    let (blob, expected) = (*expected, *expected);
-    if actual_size != size {
-        return Err(BlobError::SizeMismatch {
-            blob,
-            expected: size,
-            actual: actual_size,
-        });
-    }
+fn verify(blob: &BlobHash, expected: u64, actual: u64, hash: BlobHash) -> Result<(), BlobError> {
     if actual != expected {
-        return Err(BlobError::HashMismatch { expected, actual });
+        let blob = *blob;
+        return Err(BlobError::SizeMismatch { blob, expected, actual });
+    }
+    if hash != *blob {
+        return Err(BlobError::HashMismatch { expected: *blob, actual: hash });
     }
     Ok(())
 }
@@ -316,12 +312,7 @@ fn digest_file(
 /// Makes a rename in `dir` durable. Only Unix can open and fsync a directory; elsewhere this is a no-op.
 async fn sync_dir(dir: &Path) -> Result<(), BlobError> {
     #[cfg(unix)]
-    File::open(dir)
-        .await
-        .map_err(io_err(dir))?
-        .sync_all()
-        .await
-        .map_err(io_err(dir))?;
+    File::open(dir).await.map_err(io_err(dir))?.sync_all().await.map_err(io_err(dir))?;
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())

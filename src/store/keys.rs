@@ -18,16 +18,13 @@ pub enum KeyError {
 pub fn load_or_create(path: &Path) -> Result<Keypair, KeyError> {
     let shown = path.display().to_string();
     match std::fs::read(path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| KeyError::Corrupt {
-            path: shown,
-            reason: e.to_string(),
-        }),
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| KeyError::Corrupt { path: shown, reason: e.to_string() }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
-            let bytes = key.to_protobuf_encoding().map_err(|e| KeyError::Corrupt {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| KeyError::Corrupt { path: shown.clone(), reason: e.to_string() })?;
             write_private(path, &bytes).map_err(|source| KeyError::Write { path: shown, source })?;
             Ok(key)
         }
@@ -41,12 +38,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)

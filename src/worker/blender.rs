@@ -45,10 +45,7 @@ pub struct RenderError {
 
 impl RenderError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            tail: String::new(),
-        }
+        Self { message: message.into(), tail: String::new() }
     }
 }
 
@@ -84,17 +81,12 @@ impl BlenderRenderer {
         if !version.status.success() {
             return Err(RenderError::new(format!("{} --version failed", program.display())));
         }
-        Ok(Self {
-            program,
-            threads,
-            driver,
-        })
+        Ok(Self { program, threads, driver })
     }
 
     /// `--blender`, else `$BLENDER`, else `blender` on PATH.
     pub fn default_program(flag: Option<PathBuf>) -> PathBuf {
-        flag.or_else(|| std::env::var_os("BLENDER").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("blender"))
+        flag.or_else(|| std::env::var_os("BLENDER").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("blender"))
     }
 
     fn command(&self, blend: &Path) -> tokio::process::Command {
@@ -112,10 +104,7 @@ impl BlenderRenderer {
         if let Some(t) = self.threads {
             cmd.arg("--threads").arg(t.to_string());
         }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         cmd
     }
 }
@@ -175,15 +164,9 @@ impl Renderer for BlenderRenderer {
                 }
             }
         }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| RenderError::new(format!("waiting for Blender: {e}")))?;
+        let status = child.wait().await.map_err(|e| RenderError::new(format!("waiting for Blender: {e}")))?;
         let tail = Vec::from(tail).join("\n");
-        let fail = |message: String| RenderError {
-            message,
-            tail: tail.clone(),
-        };
+        let fail = |message: String| RenderError { message, tail: tail.clone() };
         let mut missing = Vec::new();
         for json in &replies {
             let Ok(reply) = serde_json::from_str::<DriverReply>(json) else {
@@ -199,10 +182,7 @@ impl Renderer for BlenderRenderer {
             }
             if reply.ok != Some(true) {
                 let error = reply.error.unwrap_or_else(|| "unknown error".into());
-                return Err(fail(format!(
-                    "Blender failed to render frame {}: {error}",
-                    request.frame
-                )));
+                return Err(fail(format!("Blender failed to render frame {}: {error}", request.frame)));
             }
             if !missing.is_empty() {
                 return Err(fail(format!(
@@ -214,10 +194,7 @@ impl Renderer for BlenderRenderer {
                 continue;
             };
             return match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() && m.len() > 0 => Ok(RenderedFrame {
-                    path,
-                    ext: ext.to_ascii_lowercase(),
-                }),
+                Ok(m) if m.is_file() && m.len() > 0 => Ok(RenderedFrame { path, ext: ext.to_ascii_lowercase() }),
                 _ => Err(fail(format!(
                     "Blender reported frame {} saved but {} is missing or empty",
                     request.frame,
@@ -225,10 +202,7 @@ impl Renderer for BlenderRenderer {
                 ))),
             };
         }
-        Err(fail(format!(
-            "Blender exited ({status}) without rendering frame {}",
-            request.frame
-        )))
+        Err(fail(format!("Blender exited ({status}) without rendering frame {}", request.frame)))
     }
 }
 

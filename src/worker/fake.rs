@@ -16,10 +16,7 @@ pub struct FakeRenderer {
 
 impl FakeRenderer {
     pub fn new(delay: Duration) -> Self {
-        Self {
-            delay,
-            ..Self::default()
-        }
+        Self { delay, ..Self::default() }
     }
 
     /// The bytes the fake writes for `frame` of the .blend `blend_name`, so tests can check what arrived.
@@ -41,18 +38,11 @@ impl Renderer for FakeRenderer {
         if self.fail.contains(&request.frame) {
             return Err(RenderError::new(format!("fake failure of frame {}", request.frame)));
         }
-        let name = request
-            .blend
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = request.blend.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let path = request.out_dir.join(format!("frame_{:04}.png", request.frame));
         tokio::fs::write(&path, Self::content(&name, request.frame))
             .await
             .map_err(|e| RenderError::new(format!("cannot write {}: {e}", path.display())))?;
-        Ok(RenderedFrame {
-            path,
-            ext: "png".into(),
-        })
+        Ok(RenderedFrame { path, ext: "png".into() })
     }
 }

@@ -5,6 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use futures::AsyncWriteExt;
 use libp2p::PeerId;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
@@ -17,8 +18,6 @@ use crate::{
     store::blobs::{hash_file, send_file, BlobStore},
 };
 
-/// How often a rendering volunteer renews its lease; well inside the host's lease timeout.
-const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// Blob exchanges are tried this often: an owner busy accepting other streams drops new ones (libp2p-stream keeps
 /// no backlog), and a dropped stream is worth another try, not a lost frame.
 const BLOB_ATTEMPTS: u32 = 6;
@@ -55,45 +54,46 @@ impl<E: Into<anyhow::Error>> From<E> for Exchange {
     }
 }
 
+/// What every render slot of a volunteer shares.
 pub(super) struct Slot<R> {
     pub client: Client,
     pub blobs: Arc<BlobStore>,
     pub renderer: Arc<R>,
     pub work_dir: PathBuf,
+    pub fetching: tokio::sync::Mutex<()>,
 }
 
 impl<R: Renderer> Slot<R> {
-    /// Renders one granted frame and hands the result (or the failure) back to `host`.
-    pub async fn process(&self, host: PeerId, grant: FrameGrant) {
-        let FrameGrant { job, frame, .. } = &grant;
-        let outcome = match self.fetch_blend(host, &grant).await {
-            Ok(blend) => self.render_renewing(host, &grant, blend).await,
-            Err(e) => Err(RenderError::new(format!("could not fetch the .blend: {e}"))),
+    /// Renders one granted frame whose .blend was fetched (or failed to) and hands the result or the failure back
+    /// to `host`.
+    pub async fn process(
+        &self,
+        host: PeerId,
+        grant: &FrameGrant,
+        blend: anyhow::Result<PathBuf>,
+        recalled: &CancellationToken,
+    ) {
+        let FrameGrant { job, frame, .. } = grant;
+        let outcome = match blend {
+            Ok(blend) => self.render(grant, blend, recalled).await,
+            Err(e) => Err(RenderError::new(format!("could not fetch the .blend: {e:#}"))),
         };
         let result = match outcome {
-            Ok(Some(rendered)) => self.deliver(host, &grant, rendered).await,
+            Ok(Some(rendered)) => self.deliver(host, grant, rendered).await,
             // The host recalled the frame while it rendered.
             Ok(None) => Ok(()),
             Err(e) => {
                 warn!("frame {frame} of {job} failed: {e}");
                 let mut error = e.to_string();
                 truncate_utf8(&mut error, MAX_ERROR_TEXT);
-                let request = WorkRequest::Failed {
-                    job: job.clone(),
-                    frame: *frame,
-                    error,
-                };
-                self.client
-                    .request(host, request)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                let request = WorkRequest::Failed { job: job.clone(), frame: *frame, error };
+                self.client.request(host, request).await.map(|_| ()).map_err(|e| e.to_string())
             }
         };
         if let Err(e) = result {
             warn!("could not return frame {frame} of {job} to {host}: {e}");
         }
-        let _ = tokio::fs::remove_dir_all(self.frame_dir(&grant)).await;
+        let _ = tokio::fs::remove_dir_all(self.frame_dir(grant)).await;
     }
 
     fn frame_dir(&self, grant: &FrameGrant) -> PathBuf {
@@ -102,15 +102,13 @@ impl<R: Renderer> Slot<R> {
     }
 
     /// The .blend from the cache, fetched from `host` and verified first if it is not there yet.
-    async fn fetch_blend(&self, host: PeerId, grant: &FrameGrant) -> anyhow::Result<PathBuf> {
+    pub async fn fetch_blend(&self, host: PeerId, grant: &FrameGrant) -> anyhow::Result<PathBuf> {
+        // One fetch at a time per volunteer: slots asking for the same .blend wait for the first to finish.
+        let _fetching = self.fetching.lock().await;
         if self.blobs.contains(&grant.blend) {
             return Ok(self.blobs.path(&grant.blend));
         }
-        info!(
-            "fetching .blend {} ({} bytes) from {host}",
-            grant.blend.short(),
-            grant.blend_size
-        );
+        info!("fetching .blend {} ({} bytes) from {host}", grant.blend.short(), grant.blend_size);
         with_retries("fetching the .blend", || async {
             let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
             write_header(&mut stream, &BlobRequest::Get { hash: grant.blend }).await?;
@@ -128,55 +126,32 @@ impl<R: Renderer> Slot<R> {
         .await
     }
 
-    /// Renders, renewing the lease meanwhile. `Ok(None)`: the host recalled the frame, so rendering stopped.
-    async fn render_renewing(
+    /// Renders until done or until `recalled` fires. `Ok(None)`: the host recalled the frame, so rendering stopped
+    /// (dropping the render future kills Blender).
+    async fn render(
         &self,
-        host: PeerId,
         grant: &FrameGrant,
         blend: PathBuf,
+        recalled: &CancellationToken,
     ) -> Result<Option<RenderedFrame>, RenderError> {
         let out_dir = self.frame_dir(grant);
         tokio::fs::create_dir_all(&out_dir)
             .await
             .map_err(|e| RenderError::new(format!("cannot create {}: {e}", out_dir.display())))?;
-        let request = RenderRequest {
-            blend,
-            frame: grant.frame,
-            out_dir,
-        };
-        let render = self.renderer.render(&request);
-        tokio::pin!(render);
-        let mut renew = tokio::time::interval(RENEW_EVERY);
-        renew.tick().await;
-        loop {
-            tokio::select! {
-                result = &mut render => return result.map(Some),
-                _ = renew.tick() => {
-                    let request = WorkRequest::Renew { job: grant.job.clone(), frame: grant.frame };
-                    if let Ok(WorkResponse::Discard) = self.client.request(host, request).await {
-                        info!("host recalled frame {} of {}; stopping it", grant.frame, grant.job);
-                        return Ok(None);
-                    }
-                }
-            }
+        let request = RenderRequest { blend, frame: grant.frame, out_dir };
+        tokio::select! {
+            result = self.renderer.render(&request) => result.map(Some),
+            _ = recalled.cancelled() => Ok(None),
         }
     }
 
     /// Announces the frame, pushes it if the host wants it, and waits until the host has stored it.
     async fn deliver(&self, host: PeerId, grant: &FrameGrant, rendered: RenderedFrame) -> Result<(), String> {
         let (blob, size) = hash_file(&rendered.path).await.map_err(|e| e.to_string())?;
-        let notice = WorkRequest::Rendered {
-            job: grant.job.clone(),
-            frame: grant.frame,
-            blob,
-            size,
-            ext: rendered.ext.clone(),
-        };
+        let notice =
+            WorkRequest::Rendered { job: grant.job.clone(), frame: grant.frame, blob, size, ext: rendered.ext.clone() };
         match self.client.request(host, notice).await.map_err(|e| e.to_string())? {
-            WorkResponse::Upload => self
-                .upload(host, blob, size, &rendered)
-                .await
-                .map_err(|e| format!("{e:#}")),
+            WorkResponse::Upload => self.upload(host, blob, size, &rendered).await.map_err(|e| format!("{e:#}")),
             WorkResponse::Discard => {
                 debug!("host no longer wants frame {} of {}", grant.frame, grant.job);
                 Ok(())

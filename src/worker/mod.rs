@@ -5,8 +5,11 @@
 pub mod blender;
 pub mod fake;
 mod frame;
+mod leases;
 
 use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
 
 use anyhow::Context as _;
 use libp2p::{Multiaddr, PeerId};
@@ -16,10 +19,11 @@ use tracing::{debug, info, warn};
 use crate::{
     cli::{parse_addr, JoinArgs},
     net::{self, NetConfig, NetEvent},
-    protocol::{WorkRequest, WorkResponse, PROTOCOL_VERSION},
+    protocol::{FrameGrant, WorkRequest, WorkResponse, PROTOCOL_VERSION},
     store::{blobs::BlobStore, keys},
 };
 use blender::{BlenderRenderer, Renderer};
+use leases::Leases;
 
 /// How long an idle volunteer waits for an offer before asking again anyway.
 const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -29,30 +33,24 @@ pub struct WorkerConfig {
     pub cache_dir: PathBuf,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Frames rendered at once, each by its own renderer process.
+    pub renderers: u32,
 }
 
 pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let bootstrap = args
-        .bootstrap
-        .iter()
-        .map(|a| parse_addr(a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let bootstrap = args.bootstrap.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
     let cache_dir = match args.cache_dir {
         Some(dir) => dir,
-        None => dirs::cache_dir()
-            .context("no cache folder is known for this user; pass --cache-dir")?
-            .join("blenderdist"),
+        None => {
+            dirs::cache_dir().context("no cache folder is known for this user; pass --cache-dir")?.join("blenderdist")
+        }
     };
     let program = BlenderRenderer::default_program(args.blender);
     let renderer = BlenderRenderer::new(program, args.threads, &cache_dir.join("driver")).await?;
     if bootstrap.is_empty() && args.no_mdns {
         anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
     }
-    let config = WorkerConfig {
-        cache_dir,
-        bootstrap,
-        mdns: !args.no_mdns,
-    };
+    let config = WorkerConfig { cache_dir, bootstrap, mdns: !args.no_mdns, renderers: args.renderers };
     let worker = start(config, renderer, shutdown)?;
     worker.await.context("the volunteer task panicked")?
 }
@@ -79,18 +77,24 @@ pub fn start<R: Renderer>(
     info!("volunteer {} started", client.peer_id());
     let (hosts_tx, hosts) = watch::channel(HashSet::new());
     let offers = Arc::new(Notify::new());
-    let slot = frame::Slot {
+    let slot = Arc::new(frame::Slot {
         client: client.clone(),
         blobs: Arc::new(blobs),
         renderer: Arc::new(renderer),
         work_dir,
-    };
+        fetching: tokio::sync::Mutex::new(()),
+    });
+    let leases = Leases::default();
+    let slots = futures::future::try_join_all(
+        (0..config.renderers.max(1)).map(|_| slot_loop(slot.clone(), leases.clone(), hosts.clone(), offers.clone())),
+    );
     Ok(tokio::spawn(async move {
         tokio::pin!(shutdown);
         tokio::select! {
             _ = &mut shutdown => { info!("volunteer shutting down"); Ok(()) }
             _ = track_hosts(events, hosts_tx, offers.clone()) => Ok(()),
-            result = work_loop(slot, hosts, offers) => result,
+            _ = leases.clone().renew_forever(client) => Ok(()),
+            result = slots => result.map(|_| ()),
         }
     }))
 }
@@ -108,10 +112,7 @@ async fn track_hosts(mut events: mpsc::Receiver<NetEvent>, hosts: watch::Sender<
             }
             NetEvent::Offer { from, offer } => {
                 if offer.version != PROTOCOL_VERSION {
-                    warn!(
-                        "host {from} speaks protocol version {}, this volunteer {PROTOCOL_VERSION}",
-                        offer.version
-                    );
+                    warn!("host {from} speaks protocol version {}, this volunteer {PROTOCOL_VERSION}", offer.version);
                     continue;
                 }
                 hosts.send_if_modified(|h| h.insert(from));
@@ -131,56 +132,86 @@ async fn track_hosts(mut events: mpsc::Receiver<NetEvent>, hosts: watch::Sender<
     }
 }
 
-/// Claims and renders frames, one at a time, from whichever known owner has work.
-async fn work_loop<R: Renderer>(
-    slot: frame::Slot<R>,
+/// One render slot: renders its current frame while it claims and fetches its next, so it never sits idle
+/// between frames.
+async fn slot_loop<R: Renderer>(
+    slot: Arc<frame::Slot<R>>,
+    leases: Leases,
     mut hosts: watch::Receiver<HashSet<PeerId>>,
     offers: Arc<Notify>,
 ) -> anyhow::Result<()> {
+    let mut next: Option<Prepared> = None;
     loop {
-        let known: Vec<PeerId> = hosts.borrow_and_update().iter().copied().collect();
-        if known.is_empty() {
-            if hosts.changed().await.is_err() {
-                return Ok(());
+        let current = match next.take() {
+            Some(prepared) => prepared,
+            None => match wait_for_grant(&slot, &leases, &mut hosts, &offers).await {
+                Some(prepared) => prepared,
+                None => return Ok(()),
+            },
+        };
+        let work = async {
+            slot.process(current.host, &current.grant, current.blend, &current.recalled).await;
+            leases.release(current.host, &current.grant.job, current.grant.frame);
+        };
+        let (_, prefetched) = tokio::join!(work, claim_one(&slot, &leases, &hosts));
+        next = prefetched;
+    }
+}
+
+/// A granted frame with its .blend fetched (or the reason it could not be).
+struct Prepared {
+    host: PeerId,
+    grant: FrameGrant,
+    blend: anyhow::Result<PathBuf>,
+    recalled: CancellationToken,
+}
+
+/// Claims one frame from whichever known owner has one, holds its lease and fetches its .blend.
+async fn claim_one<R: Renderer>(
+    slot: &frame::Slot<R>,
+    leases: &Leases,
+    hosts: &watch::Receiver<HashSet<PeerId>>,
+) -> Option<Prepared> {
+    let known: Vec<PeerId> = hosts.borrow().iter().copied().collect();
+    for host in known {
+        match slot.client.request(host, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 }).await {
+            Ok(WorkResponse::Granted(grants)) => {
+                let mut grants = grants.into_iter();
+                let grant = grants.next()?;
+                // We asked for one; any extra frame would only wait for its lease to run out.
+                let recalled = leases.hold(host, &grant.job, grant.frame);
+                let blend = slot.fetch_blend(host, &grant).await;
+                return Some(Prepared { host, grant, blend, recalled });
             }
-            continue;
+            Ok(WorkResponse::Refused { reason }) => warn!("host {host} refused work: {reason}"),
+            Ok(WorkResponse::NoWork) => {}
+            Ok(other) => debug!("unexpected answer to a claim: {other:?}"),
+            Err(e) => debug!("claim failed: {e}"),
         }
+    }
+    None
+}
+
+/// Waits until some owner grants a frame. `None` when the volunteer is shutting down.
+async fn wait_for_grant<R: Renderer>(
+    slot: &frame::Slot<R>,
+    leases: &Leases,
+    hosts: &mut watch::Receiver<HashSet<PeerId>>,
+    offers: &Notify,
+) -> Option<Prepared> {
+    loop {
         // Armed before claiming, so an offer that arrives meanwhile is not missed.
         let notified = offers.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let mut worked = false;
-        for host in known {
-            match slot
-                .client
-                .request(
-                    host,
-                    WorkRequest::Claim {
-                        version: PROTOCOL_VERSION,
-                        slots: 1,
-                    },
-                )
-                .await
-            {
-                Ok(WorkResponse::Granted(grants)) => {
-                    for grant in grants {
-                        slot.process(host, grant).await;
-                    }
-                    worked = true;
-                }
-                Ok(WorkResponse::Refused { reason }) => warn!("host {host} refused work: {reason}"),
-                Ok(WorkResponse::NoWork) => {}
-                Ok(other) => debug!("unexpected answer to a claim: {other:?}"),
-                Err(e) => debug!("claim failed: {e}"),
-            }
+        hosts.borrow_and_update();
+        if let Some(prepared) = claim_one(slot, leases, hosts).await {
+            return Some(prepared);
         }
-        if !worked {
-            // Idle: wait for an offer, a new host, or the poll period.
-            tokio::select! {
-                _ = notified => {}
-                _ = hosts.changed() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
-            }
+        tokio::select! {
+            _ = notified => {}
+            changed = hosts.changed() => changed.ok()?,
+            _ = tokio::time::sleep(IDLE_POLL) => {}
         }
     }
 }

@@ -44,11 +44,7 @@ pub fn write_job(jobdir: &Path, name: &str, blend: &str, first: u32, last: u32) 
 /// Files in `dir`, sorted by name (empty if it does not exist).
 pub fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.sort();
     names
@@ -71,11 +67,7 @@ impl Dirs {
         let jobdir = root.path().join("jobs");
         let renderdir = root.path().join("renders");
         std::fs::create_dir_all(&jobdir).unwrap();
-        Self {
-            root,
-            jobdir,
-            renderdir,
-        }
+        Self { root, jobdir, renderdir }
     }
 
     pub fn cache(&self, name: &str) -> PathBuf {
@@ -94,10 +86,7 @@ impl Dirs {
 }
 
 /// A shutdown future for in-process nodes, and the switch that fires it.
-pub fn shutdown_switch() -> (
-    tokio::sync::oneshot::Sender<()>,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
+pub fn shutdown_switch() -> (tokio::sync::oneshot::Sender<()>, impl std::future::Future<Output = ()> + Send + 'static) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     (tx, async move {
         let _ = rx.await;
@@ -108,10 +97,7 @@ pub fn shutdown_switch() -> (
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("blenderdist=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 pub async fn start_host(dirs: &Dirs) -> (RunningHost, tokio::sync::oneshot::Sender<()>) {
@@ -125,16 +111,9 @@ pub fn start_fake_worker(
     cache: PathBuf,
     bootstrap: Multiaddr,
     renderer: FakeRenderer,
-) -> (
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    tokio::sync::oneshot::Sender<()>,
-) {
+) -> (tokio::task::JoinHandle<anyhow::Result<()>>, tokio::sync::oneshot::Sender<()>) {
     let (stop, shutdown) = shutdown_switch();
-    let config = WorkerConfig {
-        cache_dir: cache,
-        bootstrap: vec![bootstrap],
-        mdns: false,
-    };
+    let config = WorkerConfig { cache_dir: cache, bootstrap: vec![bootstrap], mdns: false, renderers: 1 };
     (worker::start(config, renderer, shutdown).unwrap(), stop)
 }
 
@@ -213,10 +192,5 @@ pub fn png_pixels(path: &Path) -> (u32, u32, String, Vec<u8>) {
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
     buf.truncate(info.buffer_size());
-    (
-        info.width,
-        info.height,
-        format!("{:?}/{:?}", info.color_type, info.bit_depth),
-        buf,
-    )
+    (info.width, info.height, format!("{:?}/{:?}", info.color_type, info.bit_depth), buf)
 }
