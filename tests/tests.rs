@@ -3,7 +3,9 @@
 mod common;
 
 mod blender_e2e;
+mod blender_faults;
 mod cli;
+mod control;
 mod farm;
 mod hostile;
 mod lan;

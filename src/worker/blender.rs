@@ -54,6 +54,13 @@ pub trait Renderer: Send + Sync + 'static {
     fn render(&self, request: &RenderRequest) -> impl Future<Output = Result<RenderedFrame, RenderError>> + Send;
 }
 
+/// A shared renderer renders too, so tests can keep a handle on a fake one.
+impl<R: Renderer> Renderer for std::sync::Arc<R> {
+    fn render(&self, request: &RenderRequest) -> impl Future<Output = Result<RenderedFrame, RenderError>> + Send {
+        (**self).render(request)
+    }
+}
+
 /// Starts one Blender per frame.
 #[derive(Debug, Clone)]
 pub struct BlenderRenderer {

@@ -1,7 +1,14 @@
 //! A stand-in renderer for scheduler, network and scale tests. It never proves that rendering works: the
 //! end-to-end tests use real Blender for that.
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
 
 use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
 
@@ -10,8 +17,10 @@ use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
 pub struct FakeRenderer {
     pub delay: Duration,
     pub fail: HashSet<u32>,
-    /// Every frame this renderer was asked for, in order.
-    pub rendered: Mutex<Vec<u32>>,
+    /// Every (blend file name, frame) this renderer was asked for, in order.
+    pub rendered: Mutex<Vec<(String, u32)>>,
+    active: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl FakeRenderer {
@@ -24,21 +33,29 @@ impl FakeRenderer {
         format!("fake frame {frame} of {blend_name}\n").into_bytes()
     }
 
-    pub fn frames(&self) -> Vec<u32> {
+    /// The most frames this renderer was ever rendering at once.
+    pub fn peak_concurrency(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn frames(&self) -> Vec<(String, u32)> {
         self.rendered.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 
 impl Renderer for FakeRenderer {
     async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
+        let name = request.blend.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Ok(mut v) = self.rendered.lock() {
-            v.push(request.frame);
+            v.push((name.clone(), request.frame));
         }
+        let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
         tokio::time::sleep(self.delay).await;
+        self.active.fetch_sub(1, Ordering::Relaxed);
         if self.fail.contains(&request.frame) {
             return Err(RenderError::new(format!("fake failure of frame {}", request.frame)));
         }
-        let name = request.blend.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let path = request.out_dir.join(format!("frame_{:04}.png", request.frame));
         tokio::fs::write(&path, Self::content(&name, request.frame))
             .await

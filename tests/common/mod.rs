@@ -9,7 +9,7 @@ use std::{
 
 use blenderdist::{
     host::{self, HostConfig, RunningHost},
-    worker::{self, fake::FakeRenderer, WorkerConfig},
+    worker::{self, WorkerConfig},
 };
 use libp2p::Multiaddr;
 
@@ -110,7 +110,7 @@ pub async fn start_host(dirs: &Dirs) -> (RunningHost, tokio::sync::oneshot::Send
 pub fn start_fake_worker(
     cache: PathBuf,
     bootstrap: Multiaddr,
-    renderer: FakeRenderer,
+    renderer: impl blenderdist::worker::blender::Renderer,
 ) -> (tokio::task::JoinHandle<anyhow::Result<()>>, tokio::sync::oneshot::Sender<()>) {
     let (stop, shutdown) = shutdown_switch();
     let config = WorkerConfig { cache_dir: cache, bootstrap: vec![bootstrap], mdns: false, renderers: 1 };
@@ -133,7 +133,8 @@ pub fn spawn_host(jobdir: &Path, renderdir: &Path, extra: &[&str]) -> (Proc, Str
         .arg("host")
         .arg(jobdir)
         .arg(renderdir)
-        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
+        .arg("--no-mdns")
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
