@@ -219,3 +219,82 @@ async fn a_large_blend_streams_to_volunteers_beyond_message_size_limits() {
     let cached = std::fs::read(dirs.cache("w").join("blobs").join(BlobHash::of_bytes(&big).to_hex())).unwrap();
     assert!(cached == big, "the cached .blend differs from the owner's");
 }
+
+async fn start_host_with(
+    dirs: &Dirs,
+    tune: impl FnOnce(&mut blenderdist::scheduler::SchedulerConfig),
+) -> (blenderdist::host::RunningHost, tokio::sync::oneshot::Sender<()>) {
+    init_tracing();
+    let mut config = dirs.host_config();
+    tune(&mut config.scheduler);
+    let (stop, shutdown) = shutdown_switch();
+    (blenderdist::host::start(config, shutdown).await.unwrap(), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_tail_an_idle_volunteer_gets_a_backup_and_the_first_result_wins() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
+    write_job(&dirs.jobdir, "tail", "scene.blend", 1, 1);
+    let (host, _stop) = start_host_with(&dirs, |s| s.backup_after = Duration::from_secs(1)).await;
+    // The only frame goes to a volunteer that would take ten minutes.
+    let slow = fake(600_000);
+    let (_s, _ss) = start_fake_worker(dirs.cache("slow"), host.addrs[0].clone(), slow.clone());
+    wait_until("the slow volunteer to start", LIMIT, || slow.frames().len() == 1).await;
+    let fast = fake(10);
+    let (_f, _sf) = start_fake_worker(dirs.cache("fast"), host.addrs[0].clone(), fast.clone());
+    wait_until("the backup's frame", LIMIT, || count(&dirs.renderdir.join("tail")) == 1).await;
+    assert_eq!(fast.frames().len(), 1, "the idle volunteer did not get a backup copy");
+    // The slow volunteer is told to stop at its next lease renewal.
+    wait_until("the slow render to be stopped", LIMIT, || slow.peak_concurrency() == 1 && slow.active() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_is_not_renewed_expires_and_the_frame_goes_to_another_volunteer() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
+    write_job(&dirs.jobdir, "l", "scene.blend", 1, 2);
+    let (host, _stop) = start_host_with(&dirs, |s| s.lease_timeout = Duration::from_secs(2)).await;
+    // A peer that claims a frame, stays connected, and never renews nor returns it.
+    let (client, _events) = blenderdist::net::spawn(blenderdist::net::NetConfig {
+        keypair: libp2p::identity::Keypair::generate_ed25519(),
+        is_host: false,
+        listen: vec![],
+        bootstrap: vec![host.addrs[0].clone()],
+        mdns: false,
+    })
+    .unwrap();
+    let claim =
+        blenderdist::protocol::WorkRequest::Claim { version: blenderdist::protocol::PROTOCOL_VERSION, slots: 1 };
+    let mut granted = false;
+    for _ in 0..100 {
+        if let Ok(blenderdist::protocol::WorkResponse::Granted(g)) = client.request(host.peer_id, claim.clone()).await {
+            granted = !g.is_empty();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(granted, "the silent peer got no frame");
+    let (_w, _sw) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), fake(10));
+    wait_until("both frames", LIMIT, || count(&dirs.renderdir.join("l")) == 2).await;
+    assert!(log_of(&dirs, "l").contains("done by"), "{}", log_of(&dirs, "l"));
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_failing_on_three_volunteers_fails_the_job_with_the_reason() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
+    write_job(&dirs.jobdir, "bad", "scene.blend", 1, 3);
+    let (host, _stop) = start_host(&dirs).await;
+    let mut workers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut r = FakeRenderer::new(Duration::from_millis(10));
+        r.fail.insert(2);
+        workers.push(start_fake_worker(dirs.cache(name), host.addrs[0].clone(), r));
+    }
+    wait_until("the job to fail", LIMIT, || log_of(&dirs, "bad").contains("job failed")).await;
+    let log = log_of(&dirs, "bad");
+    assert_eq!(log.matches("frame 2 failed on 12D").count(), 3, "{log}");
+    assert!(log.contains("fake failure of frame 2"), "{log}");
+}

@@ -29,12 +29,24 @@ struct TrackedJob {
     file: jobfile::JobFile,
     blend: BlobHash,
     suspended: bool,
+    started_reported: bool,
     finished_reported: bool,
 }
 
 impl JobTable {
     pub fn contains(&self, name: &str) -> bool {
         self.jobs.contains_key(name)
+    }
+
+    /// True the first time a frame of this job (in its current version) is granted, for the job log.
+    pub fn first_grant(&mut self, name: &str) -> bool {
+        match self.jobs.get_mut(name) {
+            Some(t) if !t.started_reported => {
+                t.started_reported = true;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -92,7 +104,10 @@ impl Host {
             if let Err(e) = self.upsert_job(path, &file, blend, size) {
                 return self.reject_job(&name, e);
             }
-            self.jobs.jobs.insert(name.clone(), TrackedJob { file, blend, suspended: false, finished_reported: false });
+            self.jobs.jobs.insert(
+                name.clone(),
+                TrackedJob { file, blend, suspended: false, started_reported: false, finished_reported: false },
+            );
             changed = true;
         }
         if let Some(tracked) = self.jobs.jobs.get_mut(&name) {

@@ -44,6 +44,8 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     pub listen: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Lease timeout, backup delay and failure limits; the defaults are documented in docs/ARCHITECTURE.md.
+    pub scheduler: SchedulerConfig,
 }
 
 impl HostConfig {
@@ -54,7 +56,14 @@ impl HostConfig {
             args.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
         };
         let state_dir = args.state_dir.unwrap_or_else(|| args.renderdir.join(".blenderdist"));
-        Ok(Self { jobdir: args.jobdir, renderdir: args.renderdir, state_dir, listen, mdns: !args.no_mdns })
+        Ok(Self {
+            jobdir: args.jobdir,
+            renderdir: args.renderdir,
+            state_dir,
+            listen,
+            mdns: !args.no_mdns,
+            scheduler: SchedulerConfig::default(),
+        })
     }
 }
 
@@ -127,11 +136,12 @@ pub async fn start(
     blob_server.spawn(client.streams())?;
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
     let mut host = Host {
-        scheduler: Scheduler::new(SchedulerConfig::default()),
+        scheduler: Scheduler::new(config.scheduler.clone()),
         jobs: jobs::JobTable::default(),
         blob_server,
         grant_times: HashMap::new(),
         offer_seq: 0,
+        offer_now: false,
         _owner_lock: owner_lock,
         state,
         client,
@@ -171,6 +181,8 @@ struct Host {
     /// When each frame was last granted, to log how long it took.
     grant_times: HashMap<(String, u32), Instant>,
     offer_seq: u64,
+    /// Frames went back to the queue: idle volunteers should hear of it now, not at the next periodic offer.
+    offer_now: bool,
     /// Held for the host's lifetime: no second host renders this JOBDIR meanwhile.
     _owner_lock: owner::OwnerLock,
 }
@@ -196,17 +208,17 @@ impl Host {
                 Some(event) = events.recv() => self.on_net_event(event).await,
                 Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival),
                 // A change in JOBDIR (or the periodic fallback for file systems notify cannot watch).
-                _ = watcher.changed() => {
-                    if self.rescan().await {
-                        self.publish_offer().await;
-                    }
-                }
+                _ = watcher.changed() => self.offer_now |= self.rescan().await,
                 _ = tick.tick() => {
                     for recall in self.scheduler.tick(Instant::now().into_std()) {
                         info!("lease of frame {} of {} held by {} expired; requeued", recall.frame, recall.job, recall.peer);
+                        self.offer_now = true;
                     }
                 }
-                _ = offer.tick() => self.publish_offer().await,
+                _ = offer.tick() => self.offer_now = true,
+            }
+            if std::mem::take(&mut self.offer_now) {
+                self.publish_offer().await;
             }
         }
     }
@@ -227,6 +239,7 @@ impl Host {
             NetEvent::PeerGone(peer) => {
                 for (job, frame) in self.scheduler.peer_gone(&peer) {
                     info!("volunteer {peer} left; frame {frame} of {job} requeued");
+                    self.offer_now = true;
                 }
                 self.blob_server.forget_peer(&peer);
             }
@@ -248,6 +261,9 @@ impl Host {
                 for g in &grants {
                     debug!("frame {} of {} granted to {peer}", g.frame, g.job);
                     self.grant_times.insert((g.job.clone(), g.frame), now);
+                    if self.jobs.first_grant(&g.job) {
+                        joblog::append(&self.config.jobdir, &g.job, &format!("started: frame {} to {peer}", g.frame));
+                    }
                 }
                 WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
             }
@@ -267,6 +283,7 @@ impl Host {
                 if self.jobs.contains(&job) {
                     joblog::append(&self.config.jobdir, &job, &format!("frame {frame} failed on {peer}: {error}"));
                 }
+                self.offer_now = true;
                 if let FailOutcome::JobFailed { reason } = self.scheduler.frame_failed(&peer, &job, frame, &error) {
                     warn!("job {job} failed: {reason}");
                     joblog::append(&self.config.jobdir, &job, &format!("job failed: {reason}"));

@@ -38,6 +38,11 @@ impl FakeRenderer {
         self.peak.load(Ordering::Relaxed)
     }
 
+    /// Frames being rendered right now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     pub fn frames(&self) -> Vec<(String, u32)> {
         self.rendered.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -51,8 +56,15 @@ impl Renderer for FakeRenderer {
         }
         let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
+        // Counted down even when the render is cancelled (the future dropped), as Blender would be killed.
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _done = Done(&self.active);
         tokio::time::sleep(self.delay).await;
-        self.active.fetch_sub(1, Ordering::Relaxed);
         if self.fail.contains(&request.frame) {
             return Err(RenderError::new(format!("fake failure of frame {}", request.frame)));
         }

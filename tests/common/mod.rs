@@ -81,6 +81,7 @@ impl Dirs {
             state_dir: self.root.path().join("state"),
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             mdns: false,
+            scheduler: Default::default(),
         }
     }
 }
