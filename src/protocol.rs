@@ -34,8 +34,6 @@ pub const MAX_OFFER: usize = 60 * 1024;
 pub const MAX_BLOB_HEADER: u32 = 4 * 1024;
 /// Largest blob a node serves or accepts (a .blend or a frame); streamed, never held in memory.
 pub const MAX_BLOB_SIZE: u64 = 64 * 1024 * 1024 * 1024;
-/// Longest job name accepted from the wire.
-pub const MAX_JOB_NAME: usize = 255;
 /// Longest error text a volunteer may report for a frame.
 pub const MAX_ERROR_TEXT: usize = 8 * 1024;
 

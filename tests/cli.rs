@@ -60,3 +60,37 @@ fn the_host_prints_a_join_line_and_keeps_its_peer_id_across_restarts() {
     assert_eq!(id(&addr1), id(&addr2));
     assert!(dirs.renderdir.join(".blenderdist").join("node.key").exists());
 }
+
+#[test]
+fn a_port_in_use_is_named() {
+    let dirs = Dirs::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (ok, text) = run(&[
+        "host",
+        &dirs.jobdir.to_string_lossy(),
+        &dirs.renderdir.to_string_lossy(),
+        "--no-mdns",
+        "--listen",
+        &addr,
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&addr.replace("127.0.0.1:", "/ip4/127.0.0.1/tcp/")) && text.contains("in use"), "{text}");
+}
+
+#[test]
+fn job_names_that_could_escape_the_render_folder_are_ignored() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"x").unwrap();
+    for bad in ["..job", "...job", ".blenderdist.job", ".blenderdist-tmp.job"] {
+        std::fs::write(dirs.jobdir.join(bad), "scene.blend\n1\n1\n").unwrap();
+    }
+    let (_host, _addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut left: Vec<String> = files_in(dirs.root.path());
+    left.retain(|n| n != "jobs" && n != "renders");
+    assert!(left.is_empty(), "something was written next to the render folder: {left:?}");
+    let mut inside = files_in(&dirs.renderdir);
+    inside.retain(|n| n != ".blenderdist" && n != ".blenderdist-tmp");
+    assert!(inside.is_empty(), "a bad job name made a folder: {inside:?}");
+}

@@ -51,7 +51,8 @@ pub struct BlobServer {
 struct Shared {
     temp_dir: PathBuf,
     served: Mutex<HashMap<BlobHash, PathBuf>>,
-    expected: Mutex<HashMap<(PeerId, BlobHash), ExpectedUpload>>,
+    /// Several frames may render to identical bytes, so one (peer, hash) can be expected more than once.
+    expected: Mutex<HashMap<(PeerId, BlobHash), Vec<ExpectedUpload>>>,
     arrivals: mpsc::Sender<FrameArrived>,
     counter: AtomicU64,
 }
@@ -80,7 +81,18 @@ impl BlobServer {
     }
 
     pub fn expect(&self, peer: PeerId, hash: BlobHash, upload: ExpectedUpload) {
-        lock(&self.inner.expected).insert((peer, hash), upload);
+        lock(&self.inner.expected).entry((peer, hash)).or_default().push(upload);
+    }
+
+    /// Takes one expected upload of `hash` from `peer`, if any.
+    fn take_expected(&self, peer: PeerId, hash: BlobHash) -> Option<ExpectedUpload> {
+        let mut expected = lock(&self.inner.expected);
+        let list = expected.get_mut(&(peer, hash))?;
+        let upload = list.pop();
+        if list.is_empty() {
+            expected.remove(&(peer, hash));
+        }
+        upload
     }
 
     pub fn forget_peer(&self, peer: &PeerId) {
@@ -131,8 +143,7 @@ impl BlobServer {
     }
 
     async fn receive_frame(&self, peer: PeerId, hash: BlobHash, size: u64, stream: &mut Stream) -> BlobReply {
-        let upload = lock(&self.inner.expected).remove(&(peer, hash));
-        let Some(upload) = upload else {
+        let Some(upload) = self.take_expected(peer, hash) else {
             warn!("{peer} tried to upload blob {} that the host did not ask for", hash.short());
             return BlobReply::Refused { reason: "this host did not ask for that blob".into() };
         };

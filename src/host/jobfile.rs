@@ -241,7 +241,9 @@ fn check_blend(blend: &Path) -> Result<(), JobFileError> {
 /// characters (it ends up in log lines and file names on other machines).
 pub fn job_name(path: &Path) -> Option<String> {
     let stem = path.file_name()?.to_str()?.strip_suffix(".job")?;
-    (!stem.is_empty() && !stem.chars().any(char::is_control)).then(|| stem.to_string())
+    // A leading dot would let `..job` or `.blenderdist.job` name a folder outside RENDERDIR/NAME, or ours.
+    let usable = !stem.is_empty() && !stem.starts_with('.') && !stem.chars().any(char::is_control);
+    usable.then(|| stem.to_string())
 }
 
 /// Lists every entry of `jobdir` whose name ends in `.job`, sorted by name, without following into subfolders.
@@ -335,6 +337,9 @@ mod tests {
             ("x.job.suspend", None),
             ("x.job~", None),
             (".job", None),
+            ("..job", None),
+            ("...job", None),
+            (".blenderdist.job", None),
             ("x.JOB", None),
             ("x\n.job", None),
             ("/", None),

@@ -64,7 +64,17 @@ impl Host {
         let mut changed = false;
         let mut seen = HashSet::new();
         for path in paths {
-            let Some(name) = jobfile::job_name(&path) else { continue };
+            let Some(name) = jobfile::job_name(&path) else {
+                let shown = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                seen.insert(shown.clone());
+                if !self.jobs.errors.contains_key(&shown) {
+                    warn!(
+                        "ignoring {shown}: a job name must not be empty, start with a dot or hold control characters"
+                    );
+                    self.jobs.errors.insert(shown, "bad name".into());
+                }
+                continue;
+            };
             seen.insert(name.clone());
             match self.load_job(&path, &jobdir).await {
                 Ok((file, blend, size)) => changed |= self.apply_job(&path, file, blend, size),
@@ -126,7 +136,10 @@ impl Host {
     fn upsert_job(&mut self, path: &Path, file: &jobfile::JobFile, blend: BlobHash, size: u64) -> Result<(), String> {
         let record = JobRecord { blend, first: file.first, last: file.last };
         self.state.put_job(&file.name, &record).map_err(|e| e.to_string())?;
-        let done = self.state.done_frames(&file.name).map_err(|e| e.to_string())?;
+        let mut done = self.state.done_frames(&file.name).map_err(|e| e.to_string())?;
+        // A frame the owner deleted from the render folder is rendered again.
+        let present = frames_on_disk(&self.config.renderdir.join(&file.name));
+        done.retain(|f| present.contains(f));
         let desc = JobDesc {
             name: file.name.clone(),
             blend,
@@ -188,6 +201,12 @@ impl Host {
             _ => false,
         }
     }
+}
+
+/// Frame numbers of the files in a job's render folder (`NNNN.EXT`).
+fn frames_on_disk(dir: &Path) -> HashSet<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return HashSet::new() };
+    entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str()?.split_once('.')?.0.parse().ok()).collect()
 }
 
 fn suspend_path(job_path: &Path) -> PathBuf {

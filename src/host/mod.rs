@@ -114,17 +114,34 @@ pub async fn start(
         mdns: config.mdns,
     })?;
     let peer_id = client.peer_id();
-    // Wait until every listener is up, so the printed join line and the tests' addresses are real.
+    // Wait until every listener is up, so the printed join line and the tests' addresses are real. An unspecified
+    // address (0.0.0.0) yields one address per interface, all at once: collect them for a moment.
     let mut addrs = Vec::new();
     let mut early = Vec::new();
     let deadline = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(deadline);
-    while addrs.len() < config.listen.len() {
+    let unspecified = config.listen.iter().any(|a| {
+        a.iter().any(|p| {
+            matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+        })
+    });
+    loop {
+        let settle = if addrs.len() >= config.listen.len() {
+            if !unspecified {
+                break;
+            }
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
         tokio::select! {
             Some(event) = events.recv() => match event {
                 NetEvent::Listening(addr) => addrs.push(addr.with(Protocol::P2p(peer_id))),
+                NetEvent::ListenFailed(reason) => anyhow::bail!("{reason}"),
                 other => early.push(other),
             },
+            _ = tokio::time::sleep(settle) => break,
             _ = &mut deadline => break,
         }
     }
@@ -243,6 +260,7 @@ impl Host {
                 }
                 self.blob_server.forget_peer(&peer);
             }
+            NetEvent::ListenFailed(reason) => warn!("{reason}"),
             NetEvent::Listening(_) | NetEvent::HostFound(_) | NetEvent::Offer { .. } => {}
         }
     }

@@ -157,6 +157,13 @@ impl EventLoop {
                 info!("listening on {address}");
                 self.emit(NetEvent::Listening(address)).await;
             }
+            SwarmEvent::ListenerClosed { addresses, reason: Err(e), .. } => {
+                let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+                self.emit(NetEvent::ListenFailed(format!("cannot listen on {}: {e}", shown.join(", ")))).await;
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                self.emit(NetEvent::ListenFailed(format!("listener error: {error}"))).await;
+            }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
                 debug!(%peer_id, "connected");
                 for b in &mut self.bootstrap {

@@ -36,6 +36,8 @@ pub struct NetConfig {
 #[derive(Debug)]
 pub enum NetEvent {
     Listening(Multiaddr),
+    /// A listener could not start or stopped with an error; the text names the address.
+    ListenFailed(String),
     /// A peer identified itself as a blenderdist owner.
     HostFound(PeerId),
     /// The last connection to a peer closed.
@@ -140,7 +142,13 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     for addr in &config.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| NetError::Setup(format!("cannot listen on {addr}: {e}")))?;
+        swarm.listen_on(addr.clone()).map_err(|e| {
+            let reason = match e {
+                libp2p::TransportError::Other(io) => io.to_string(),
+                other => other.to_string(),
+            };
+            NetError::Setup(format!("cannot listen on {addr}: {reason}"))
+        })?;
     }
     let control = swarm.behaviour().stream.new_control();
     let (commands, command_rx) = mpsc::channel(256);

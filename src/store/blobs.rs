@@ -25,6 +25,8 @@ use crate::protocol::{BlobHash, MAX_BLOB_SIZE};
 
 /// Size of every read and write: large enough to amortise syscalls, small enough to never matter for memory.
 const CHUNK: usize = 64 * 1024;
+/// A transfer that makes no progress for this long is abandoned, so a stalled peer cannot hold a frame forever.
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Subdirectory of the store for partial blobs.
 const TMP_DIR: &str = "tmp";
 /// Makes temp names unique within the process, so concurrent receives of one blob never share a file.
@@ -202,7 +204,13 @@ pub async fn send_file<W: AsyncWrite + Unpin>(path: &Path, writer: &mut W) -> Re
         if n == 0 {
             break;
         }
-        writer.write_all(&buf[..n]).await.map_err(send_err(path))?;
+        match tokio::time::timeout(STALL_TIMEOUT, writer.write_all(&buf[..n])).await {
+            Ok(written) => written.map_err(send_err(path))?,
+            Err(_) => {
+                let e = io::Error::new(io::ErrorKind::TimedOut, "the peer took no data for a minute");
+                return Err(send_err(path)(e));
+            }
+        }
         sent += n as u64;
     }
     writer.flush().await.map_err(send_err(path))?;
@@ -253,7 +261,12 @@ async fn stream_into<R: AsyncRead + Unpin>(
     let mut received = 0u64;
     while received < size {
         let want = usize::try_from(size - received).map_or(CHUNK, |left| left.min(CHUNK));
-        let n = match reader.read(&mut buf[..want]).await {
+        let read = tokio::time::timeout(STALL_TIMEOUT, reader.read(&mut buf[..want]));
+        let Ok(read) = read.await else {
+            let source = io::Error::new(io::ErrorKind::TimedOut, format!("no data for {}s", STALL_TIMEOUT.as_secs()));
+            return Err(BlobError::Recv { blob: *blob, source });
+        };
+        let n = match read {
             // A clean end of stream, or a reader that reports the end as an error: `verify` reports the shortfall.
             Ok(0) => break,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,

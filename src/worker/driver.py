@@ -66,8 +66,8 @@ def parse_args():
     p = Args(prog="driver.py", add_help=False)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be >= 1")
+    if args.threads is not None and args.threads < 0:
+        p.error("--threads must be >= 0 (0: all cores)")
     return args
 
 
@@ -169,7 +169,10 @@ def main():
         fail_startup("no .blend file loaded")
     scene = bpy.context.scene
     try:
-        if args.threads is not None:
+        if args.threads == 0:
+            # Like blender -t 0: let Blender use every core.
+            scene.render.threads_mode = "AUTO"
+        elif args.threads is not None:
             scene.render.threads_mode = "FIXED"
             scene.render.threads = args.threads
         source_format = scene.render.image_settings.file_format

@@ -127,7 +127,7 @@ async fn track_hosts(mut events: mpsc::Receiver<NetEvent>, hosts: watch::Sender<
                 debug!(%peer, "ignoring a work request: volunteers do not serve work");
                 drop(channel);
             }
-            NetEvent::Listening(_) => {}
+            NetEvent::Listening(_) | NetEvent::ListenFailed(_) => {}
         }
     }
 }
