@@ -67,11 +67,12 @@ impl Host {
             let Some(name) = jobfile::job_name(&path) else {
                 let shown = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 seen.insert(shown.clone());
-                if !self.jobs.errors.contains_key(&shown) {
+                if let std::collections::hash_map::Entry::Vacant(e) = self.jobs.errors.entry(shown) {
                     warn!(
-                        "ignoring {shown}: a job name must not be empty, start with a dot or hold control characters"
+                        "ignoring {}: a job name must not be empty, start with a dot or hold control characters",
+                        e.key()
                     );
-                    self.jobs.errors.insert(shown, "bad name".into());
+                    e.insert("bad name".into());
                 }
                 continue;
             };

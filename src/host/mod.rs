@@ -153,7 +153,7 @@ pub async fn start(
     blob_server.spawn(client.streams())?;
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
     let mut host = Host {
-        scheduler: Scheduler::new(config.scheduler.clone()),
+        scheduler: Scheduler::new(config.scheduler),
         jobs: jobs::JobTable::default(),
         blob_server,
         grant_times: HashMap::new(),
