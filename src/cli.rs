@@ -62,6 +62,15 @@ pub struct JoinArgs {
     /// Frames to render at once, each with its own Blender.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub renderers: u32,
+    /// Start a new Blender for every frame instead of keeping one open per job (slower; for comparison).
+    #[arg(long)]
+    pub process_per_frame: bool,
+    /// Stop Blender and fail the frame when one frame takes longer than this many seconds (0: no limit).
+    #[arg(long, value_name = "SECS", default_value_t = 21_600)]
+    pub frame_timeout: u64,
+    /// Stop Blender and fail the frame when Blender's resident memory exceeds this many MiB.
+    #[arg(long, value_name = "MIB")]
+    pub max_memory: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -334,8 +334,7 @@ impl Host {
         }
     }
 
-    /// A verified frame is in the temp folder: move it into place, then record it as done, in that order, so a
-    /// crash in between only costs a re-render.
+    /// A verified frame is in the temp folder: record it as done, then move it into place.
     fn on_frame_arrived(&mut self, arrival: FrameArrived) {
         let FrameArrived { peer, upload, temp, reply } = arrival;
         let result = self.store_frame(peer, &upload, &temp);
@@ -352,6 +351,13 @@ impl Host {
         }
         let dir = self.config.renderdir.join(job);
         let target = dir.join(format!("{frame:04}.{ext}"));
+        // Recorded first, then moved into place: a frame file on disk is always a done frame, so a crash never
+        // renders it again. A crash in between leaves a done frame without its file, which the next load of the
+        // job finds missing and renders again.
+        if let Err(e) = self.state.mark_done(job, *frame) {
+            warn!("cannot record frame {frame} of {job} as done: {e}");
+            return Err(format!("the host cannot record frame {frame} of {job}"));
+        }
         std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::rename(temp, &target))
             .and_then(|_| std::fs::File::open(&dir)?.sync_all())
@@ -359,10 +365,6 @@ impl Host {
                 warn!("cannot write {}: {e}", target.display());
                 format!("the host cannot write frame {frame} of {job}")
             })?;
-        if let Err(e) = self.state.mark_done(job, *frame) {
-            warn!("cannot record frame {frame} of {job} as done: {e}");
-            return Err(format!("the host cannot record frame {frame} of {job}"));
-        }
         for recall in self.scheduler.frame_stored(job, *frame) {
             debug!("frame {} of {} done elsewhere; {} may stop", recall.frame, recall.job, recall.peer);
         }

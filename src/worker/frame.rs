@@ -66,18 +66,22 @@ pub(super) struct Slot<R> {
 impl<R: Renderer> Slot<R> {
     /// Renders one granted frame whose .blend was fetched (or failed to) and hands the result or the failure back
     /// to `host`.
-    pub async fn process(
+    /// Renders one granted frame whose .blend was fetched (or failed to). `Ok(None)`: recalled while rendering.
+    pub async fn render_granted(
         &self,
-        host: PeerId,
         grant: &FrameGrant,
         blend: anyhow::Result<PathBuf>,
         recalled: &CancellationToken,
-    ) {
-        let FrameGrant { job, frame, .. } = grant;
-        let outcome = match blend {
+    ) -> Result<Option<RenderedFrame>, RenderError> {
+        match blend {
             Ok(blend) => self.render(grant, blend, recalled).await,
             Err(e) => Err(RenderError::new(format!("could not fetch the .blend: {e:#}"))),
-        };
+        }
+    }
+
+    /// Hands a render's outcome back to `host`: the frame itself, or the failure with Blender's words.
+    pub async fn report(&self, host: PeerId, grant: &FrameGrant, outcome: Result<Option<RenderedFrame>, RenderError>) {
+        let FrameGrant { job, frame, .. } = grant;
         let result = match outcome {
             Ok(Some(rendered)) => self.deliver(host, grant, rendered).await,
             // The host recalled the frame while it rendered.

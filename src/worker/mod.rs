@@ -6,6 +6,9 @@ pub mod blender;
 pub mod fake;
 mod frame;
 mod leases;
+mod session;
+
+pub use session::Limits;
 
 use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
@@ -22,7 +25,7 @@ use crate::{
     protocol::{FrameGrant, WorkRequest, WorkResponse, PROTOCOL_VERSION},
     store::{blobs::BlobStore, keys},
 };
-use blender::{BlenderRenderer, Renderer};
+use blender::{BlenderOptions, BlenderRenderer, Renderer};
 use leases::Leases;
 
 /// How long an idle volunteer waits for an offer before asking again anyway.
@@ -46,7 +49,16 @@ pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send +
         }
     };
     let program = BlenderRenderer::default_program(args.blender);
-    let renderer = BlenderRenderer::new(program, args.threads, &cache_dir.join("driver")).await?;
+    let options = BlenderOptions {
+        threads: args.threads,
+        process_per_frame: args.process_per_frame,
+        limits: Limits {
+            frame_time: (args.frame_timeout > 0).then(|| Duration::from_secs(args.frame_timeout)),
+            memory: args.max_memory.map(|mib| mib << 20),
+        },
+        keep_open: args.renderers as usize,
+    };
+    let renderer = BlenderRenderer::new(program, options, &cache_dir.join("driver")).await?;
     if bootstrap.is_empty() && args.no_mdns {
         anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
     }
@@ -141,6 +153,8 @@ async fn slot_loop<R: Renderer>(
     offers: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let mut next: Option<Prepared> = None;
+    // The previous frame's upload, which runs while this slot renders the next frame.
+    let mut delivering: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let current = match next.take() {
             Some(prepared) => prepared,
@@ -149,12 +163,19 @@ async fn slot_loop<R: Renderer>(
                 None => return Ok(()),
             },
         };
-        let work = async {
-            slot.process(current.host, &current.grant, current.blend, &current.recalled).await;
-            leases.release(current.host, &current.grant.job, current.grant.frame);
-        };
-        let (_, prefetched) = tokio::join!(work, claim_one(&slot, &leases, &hosts));
+        let Prepared { host, grant, blend, recalled } = current;
+        let render = slot.render_granted(&grant, blend, &recalled);
+        let (outcome, prefetched) = tokio::join!(render, claim_one(&slot, &leases, &hosts));
         next = prefetched;
+        // One upload in flight per slot: a slow link slows the slot down instead of piling up frames.
+        if let Some(previous) = delivering.take() {
+            let _ = previous.await;
+        }
+        let (slot, leases) = (slot.clone(), leases.clone());
+        delivering = Some(tokio::spawn(async move {
+            slot.report(host, &grant, outcome).await;
+            leases.release(host, &grant.job, grant.frame);
+        }));
     }
 }
 

@@ -1,0 +1,252 @@
+//! One Blender process running `driver.py` on one .blend: started once, then fed frame numbers over stdin and
+//! answering one JSON line per frame on stdout. Blender's own output is kept (its last lines) for error reports.
+//! A session that dies, hangs past the frame time limit or grows past the memory limit is killed, failing only the
+//! frame it was rendering; the caller starts a new one for the next frame.
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin},
+    sync::mpsc,
+};
+
+use super::blender::{RenderError, RenderedFrame};
+
+/// Lines the driver prints for us start with this; everything else is Blender's own output.
+const MARK: &str = "@@BLENDERDIST@@ ";
+/// Lines of Blender's output kept for error reports.
+const TAIL_LINES: usize = 25;
+/// How long Blender may take to load a .blend and say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a rendering Blender's memory is checked against the limit.
+const MEMORY_CHECK: Duration = Duration::from_millis(250);
+
+/// Limits on one frame's render.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub frame_time: Option<Duration>,
+    /// Resident memory, in bytes.
+    pub memory: Option<u64>,
+}
+
+/// How Blender is started.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub driver: PathBuf,
+    pub threads: Option<u32>,
+}
+
+/// One line from the driver.
+#[derive(Debug, Deserialize)]
+struct DriverReply {
+    /// Only on the first line: whether the driver could start (false: `error` says why).
+    #[serde(default)]
+    ready: Option<bool>,
+    #[serde(default)]
+    frame: Option<u32>,
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    ext: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    missing_files: Vec<String>,
+}
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+pub struct Session {
+    pub blend: PathBuf,
+    child: Child,
+    stdin: ChildStdin,
+    replies: mpsc::Receiver<String>,
+    tail: Tail,
+    /// External files the .blend needs that are missing: every frame would render pink.
+    missing: Vec<String>,
+}
+
+impl Session {
+    /// Starts Blender on `blend` and waits for the driver's ready line.
+    pub async fn start(launch: &Launch, blend: &Path) -> Result<Self, RenderError> {
+        let mut cmd = tokio::process::Command::new(&launch.program);
+        // Order matters to Blender: the file first, then what applies to it; --python-exit-code before --python.
+        cmd.arg("-b")
+            .arg("--factory-startup")
+            .arg("--disable-autoexec")
+            .arg(blend)
+            .args(["--python-exit-code", "1", "--python"])
+            .arg(&launch.driver)
+            .arg("--");
+        if let Some(t) = launch.threads {
+            cmd.arg("--threads").arg(t.to_string());
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RenderError::new(format!("cannot start Blender at {}: {e}", launch.program.display())))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(RenderError::new("Blender started without its pipes"));
+        };
+        let tail: Tail = Arc::default();
+        let (tx, replies) = mpsc::channel(16);
+        tokio::spawn(read_lines(stdout, tail.clone(), Some(tx)));
+        tokio::spawn(read_lines(stderr, tail.clone(), None));
+        let mut session = Session { blend: blend.to_path_buf(), child, stdin, replies, tail, missing: Vec::new() };
+        let ready = match tokio::time::timeout(READY_TIMEOUT, session.next_reply()).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(session.fail("Blender exited before it was ready".into()).await),
+            Err(_) => return Err(session.fail("Blender took too long to load the .blend".into()).await),
+        };
+        if ready.ready != Some(true) {
+            let error = ready.error.unwrap_or_else(|| "no reason given".into());
+            return Err(session.fail(format!("Blender could not start rendering: {error}")).await);
+        }
+        session.missing = ready.missing_files;
+        Ok(session)
+    }
+
+    /// Renders `frame` to `out_stem` plus the format's extension. `Err((error, alive))`: whether the process can
+    /// serve more frames.
+    pub async fn render(
+        &mut self,
+        frame: u32,
+        out_stem: &Path,
+        limits: Limits,
+    ) -> Result<RenderedFrame, (RenderError, bool)> {
+        if !self.missing.is_empty() {
+            let message = format!(
+                "the .blend uses files that are not packed into it (Blender would render them pink): {}",
+                self.missing.join(", ")
+            );
+            return Err((RenderError::new(message), true));
+        }
+        let mut line = serde_json::json!({ "frame": frame, "out": out_stem.to_string_lossy() }).to_string();
+        line.push('\n');
+        if let Err(e) = self.stdin.write_all(line.as_bytes()).await {
+            return Err((self.fail(format!("Blender stopped reading requests: {e}")).await, false));
+        }
+        let deadline = limits.frame_time.map(|d| tokio::time::Instant::now() + d);
+        let mut memory = tokio::time::interval(MEMORY_CHECK);
+        loop {
+            let timeout = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                reply = self.next_reply() => {
+                    let Some(reply) = reply else {
+                        let status = self.child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                        let message = format!("Blender exited ({status}) while rendering frame {frame}");
+                        return Err((self.fail(message).await, false));
+                    };
+                    if reply.frame != Some(frame) {
+                        continue;
+                    }
+                    return self.answer(frame, reply).map_err(|e| (e, true));
+                }
+                _ = timeout => {
+                    let limit = limits.frame_time.unwrap_or_default().as_secs();
+                    let message = format!("frame {frame} took longer than the {limit} s limit; Blender was stopped");
+                    return Err((self.fail(message).await, false));
+                }
+                _ = memory.tick(), if limits.memory.is_some() => {
+                    let (Some(limit), Some(rss)) = (limits.memory, self.resident_bytes()) else { continue };
+                    if rss > limit {
+                        let message = format!(
+                            "Blender used {} MiB rendering frame {frame}, over the {} MiB limit; it was stopped",
+                            rss >> 20,
+                            limit >> 20
+                        );
+                        return Err((self.fail(message).await, false));
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&self, frame: u32, reply: DriverReply) -> Result<RenderedFrame, RenderError> {
+        let error = |message: String| RenderError { message, tail: self.tail_text() };
+        if reply.ok != Some(true) {
+            let reason = reply.error.unwrap_or_else(|| "unknown error".into());
+            return Err(error(format!("Blender failed to render frame {frame}: {reason}")));
+        }
+        let (Some(path), Some(ext)) = (reply.path, reply.ext) else {
+            return Err(error(format!("the driver reported frame {frame} without its file")));
+        };
+        // Blender's exit codes and messages lie; the file is the proof.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() > 0 => Ok(RenderedFrame { path, ext: ext.to_ascii_lowercase() }),
+            _ => Err(error(format!("Blender reported frame {frame} saved but {} is missing or empty", path.display()))),
+        }
+    }
+
+    /// Ends the session politely: the driver exits when its stdin closes.
+    pub async fn close(mut self) {
+        drop(self.stdin);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let _ = self.child.kill().await;
+    }
+
+    async fn next_reply(&mut self) -> Option<DriverReply> {
+        loop {
+            let json = self.replies.recv().await?;
+            if let Ok(reply) = serde_json::from_str::<DriverReply>(&json) {
+                return Some(reply);
+            }
+        }
+    }
+
+    /// Kills Blender and builds the error, with the last lines of its output.
+    async fn fail(&mut self, message: String) -> RenderError {
+        let _ = self.child.kill().await;
+        // Let the readers catch Blender's last words.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        RenderError { message, tail: self.tail_text() }
+    }
+
+    fn tail_text(&self) -> String {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        Vec::from(tail.clone()).join("\n")
+    }
+
+    /// Blender's resident memory, from /proc (Linux).
+    fn resident_bytes(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
+/// Splits a Blender pipe into driver replies (sent on `replies`) and output lines (kept in `tail`).
+async fn read_lines(pipe: impl AsyncRead + Unpin, tail: Tail, replies: Option<mpsc::Sender<String>>) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let (Some(json), Some(tx)) = (line.strip_prefix(MARK), &replies) {
+            if tx.send(json.to_string()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
