@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     path::Path,
+    process::Command,
     time::{Duration, SystemTime},
 };
 
@@ -191,4 +192,72 @@ fn movie_formats_become_png_frames_and_exr_stays_exr() {
     assert_same_pixels(&baseline, &dirs.renderdir.join("movie"), &png);
     let exr = frame_names(1, 2, "exr");
     wait_until_blocking("EXR frames", LIMIT, || files_in(&dirs.renderdir.join("exr")) == exr);
+}
+
+/// Blender processes whose parent is `pid`.
+fn blender_children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { return false };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis.
+            let Some((head, rest)) = stat.rsplit_once(')') else { return false };
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            head.contains("(blender") && ppid == Some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_blender_that_dies_mid_job_fails_only_its_frame_and_is_restarted() {
+    if skip() {
+        return;
+    }
+    let dirs = Dirs::new();
+    let blend = dirs.jobdir.join("scene.blend");
+    make_scene(&blend, 8, "96x72", 16);
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&blend, &baseline);
+    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path()];
+    let crashy = spawn_isolated_volunteer(&hidden, &dirs.cache("crashy"), &addr, &[]);
+    let _steady = spawn_isolated_volunteer(&hidden, &dirs.cache("steady"), &addr, &[]);
+    write_job(&dirs.jobdir, "crash", "scene.blend", 1, 8);
+    let out = dirs.renderdir.join("crash");
+    wait_until_blocking("a frame done and a Blender running", LIMIT, || {
+        !files_in(&out).is_empty() && !blender_children(crashy.0.id()).is_empty()
+    });
+    for pid in blender_children(crashy.0.id()) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let names = frame_names(1, 8, "png");
+    wait_until_blocking("every frame", LIMIT, || files_in(&out) == names);
+    assert_same_pixels(&baseline, &out, &names);
+    let log = std::fs::read_to_string(dirs.jobdir.join("crash.log")).unwrap();
+    assert!(log.contains("failed on") && log.contains("Blender exited"), "{log}");
+}
+
+#[test]
+fn frame_time_and_memory_limits_stop_blender_and_say_why() {
+    if skip() {
+        return;
+    }
+    let slow = Dirs::new();
+    make_scene(&slow.jobdir.join("scene.blend"), 2, "320x240", 256);
+    write_job(&slow.jobdir, "slow", "scene.blend", 1, 1);
+    let (_h1, a1) = spawn_host(&slow.jobdir, &slow.renderdir, &[]);
+    let hidden = [slow.jobdir.as_path(), slow.renderdir.as_path()];
+    let _v1 = spawn_isolated_volunteer(&hidden, &slow.cache("v"), &a1, &["--frame-timeout", "1"]);
+
+    let big = Dirs::new();
+    make_scene(&big.jobdir.join("scene.blend"), 2, "64x48", 1);
+    write_job(&big.jobdir, "big", "scene.blend", 1, 1);
+    let (_h2, a2) = spawn_host(&big.jobdir, &big.renderdir, &[]);
+    let hidden = [big.jobdir.as_path(), big.renderdir.as_path()];
+    let _v2 = spawn_isolated_volunteer(&hidden, &big.cache("v"), &a2, &["--max-memory", "16"]);
+
+    let log = |d: &Dirs, job: &str| std::fs::read_to_string(d.jobdir.join(format!("{job}.log"))).unwrap_or_default();
+    wait_until_blocking("the time limit in the log", LIMIT, || log(&slow, "slow").contains("took longer than the 1 s"));
+    wait_until_blocking("the memory limit in the log", LIMIT, || log(&big, "big").contains("over the 16 MiB limit"));
 }

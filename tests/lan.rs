@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{blender_e2e::make_scene, common::*};
+use crate::{blender_e2e::*, common::*};
 
 /// Two network namespaces and the veth pair between them, removed on drop.
 struct Lan {
@@ -79,11 +79,18 @@ fn a_volunteer_with_no_address_finds_the_host_by_mdns_over_a_veth_pair() {
     assert!(join.starts_with("/ip4/198.18.7.1/tcp/7463/p2p/"), "{join}");
 
     let mut volunteer = Command::new("ip");
-    volunteer.args(["netns", "exec", &lan.volunteer_ns, BIN, "join", "--threads", "1", "--cache-dir"]);
+    // This volunteer takes the start-per-frame path, so it too is proven against real Blender.
+    let args =
+        ["netns", "exec", &lan.volunteer_ns, BIN, "join", "--process-per-frame", "--threads", "1", "--cache-dir"];
+    volunteer.args(args);
     volunteer.arg(dirs.cache("v")).stdin(Stdio::null());
     let _volunteer = Proc(volunteer.spawn().unwrap());
 
+    let names = frame_names(1, 2, "png");
     wait_until_blocking("frames rendered by the LAN volunteer", Duration::from_secs(180), || {
-        files_in(&dirs.renderdir.join("lan")) == frame_names(1, 2, "png")
+        files_in(&dirs.renderdir.join("lan")) == names
     });
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&blend, &baseline);
+    assert_same_pixels(&baseline, &dirs.renderdir.join("lan"), &names);
 }
