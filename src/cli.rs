@@ -13,8 +13,11 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Check that this build works, print a line ending in "self-check ok" and exit (used before switching builds).
+    #[arg(long)]
+    pub self_check: bool,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +43,10 @@ pub struct HostArgs {
     /// Where the node key and the durable job state live. Default: RENDERDIR/.blenderdist.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Builds of blenderdist for other platforms, each file named by its target triple
+    /// (x86_64-apple-darwin, x86_64-pc-windows-msvc.exe, ...), offered to volunteers as updates.
+    #[arg(long, value_name = "DIR")]
+    pub release_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +78,9 @@ pub struct JoinArgs {
     /// Stop Blender and fail the frame when Blender's resident memory exceeds this many MiB.
     #[arg(long, value_name = "MIB")]
     pub max_memory: Option<u64>,
+    /// Keep this program when the host offers a new build (stops if the protocol versions become incompatible).
+    #[arg(long)]
+    pub no_auto_updates: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

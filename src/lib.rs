@@ -9,6 +9,7 @@
 //! - [`host`]: the owner: watches the job folder, runs the scheduler, answers volunteers, writes frames.
 //! - [`worker`]: the volunteer: claims frames, fetches blobs, renders, returns results.
 //! - [`worker::blender`]: the only code that starts Blender.
+//! - [`update`]: self-update: signed manifests, the owner's relaunch, volunteers fetching and switching builds.
 
 pub mod cli;
 pub mod host;
@@ -16,4 +17,5 @@ pub mod net;
 pub mod protocol;
 pub mod scheduler;
 pub mod store;
+pub mod update;
 pub mod worker;

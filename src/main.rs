@@ -7,13 +7,30 @@ use blenderdist::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.self_check {
+        return match blenderdist::update::run_self_check() {
+            Ok(line) => {
+                println!("{line}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("blenderdist: self-check failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(command) = cli.command else {
+        eprintln!("blenderdist: give a command: host or join (see --help)");
+        return std::process::ExitCode::from(2);
+    };
     let default = match cli.verbose {
         0 => "blenderdist=info,warn",
         1 => "blenderdist=debug,info",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().init();
+    // Logs go to stderr: stdout carries the host's join line, which scripts read.
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().with_writer(std::io::stderr).init();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -24,7 +41,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
-        match cli.command {
+        match command {
             Command::Host(args) => blenderdist::host::run_cli(args, shutdown).await,
             Command::Join(args) => blenderdist::worker::run_cli(args, shutdown).await,
         }

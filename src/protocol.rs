@@ -21,6 +21,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const IDENTIFY_PROTOCOL: &str = "/blenderdist/1";
 /// Gossipsub topic on which an owner announces its jobs.
 pub const OFFER_TOPIC: &str = "blenderdist/offers/1";
+/// Gossipsub topic on which an owner announces its signed update manifest.
+pub const UPDATE_TOPIC: &str = "blenderdist/updates/1";
+/// Largest signed manifest (a few binaries' hashes and a signature).
+pub const MAX_MANIFEST: usize = 16 * 1024;
 /// Request-response protocol for claims, grants and result notices.
 pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/work/1");
 /// Raw-stream protocol for content-addressed blobs, both directions.
@@ -105,6 +109,8 @@ pub enum WorkRequest {
     Failed { job: String, frame: u32, error: String },
     /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
     Renew { job: String, frame: u32 },
+    /// Send me your signed update manifest. Answered `Manifest`.
+    GetManifest,
 }
 
 /// Owner → volunteer over [`WORK_PROTOCOL`].
@@ -123,6 +129,40 @@ pub enum WorkResponse {
     Refused {
         reason: String,
     },
+    /// The owner's signed update manifest.
+    Manifest(SignedManifest),
+}
+
+/// What program the owner runs, and where each platform's build of it can be fetched (by hash, over
+/// [`BLOB_PROTOCOL`]). Volunteers that trust the owner switch to the build for their platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateManifest {
+    pub protocol_version: u32,
+    /// The owner's program version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// sha256 of the owner's own binary.
+    pub build: BlobHash,
+    /// When the owner signed it (milliseconds since the Unix epoch).
+    pub issued_at: u64,
+    pub binaries: Vec<PlatformBinary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlatformBinary {
+    /// A Rust target triple such as `x86_64-unknown-linux-gnu`.
+    pub target: String,
+    pub hash: BlobHash,
+    pub size: u64,
+}
+
+/// A manifest with the owner's ed25519 signature over its CBOR encoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedManifest {
+    /// CBOR of an [`UpdateManifest`]: the exact bytes signed.
+    pub manifest: Vec<u8>,
+    /// The signer's public key (libp2p protobuf encoding); its peer id must be the trusted owner's.
+    pub signer: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
 /// One frame leased to a volunteer.
@@ -207,6 +247,19 @@ pub fn encode_offer(offer: &JobOffer) -> Result<Vec<u8>, WireError> {
 pub fn decode_offer(bytes: &[u8]) -> Result<JobOffer, WireError> {
     if bytes.len() > MAX_OFFER {
         return Err(WireError::TooLarge(bytes.len() as u32));
+    }
+    cbor4ii::serde::from_slice(bytes).map_err(|e| WireError::Decode(e.to_string()))
+}
+
+/// Encodes any wire value as CBOR.
+pub fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// Decodes a CBOR wire value, refusing more than `max` bytes.
+pub fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, WireError> {
+    if bytes.len() > max {
+        return Err(WireError::TooLarge(u32::try_from(bytes.len()).unwrap_or(u32::MAX)));
     }
     cbor4ii::serde::from_slice(bytes).map_err(|e| WireError::Decode(e.to_string()))
 }

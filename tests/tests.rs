@@ -9,3 +9,4 @@ mod control;
 mod farm;
 mod hostile;
 mod lan;
+mod update;

@@ -22,11 +22,12 @@ use crate::{
     cli::{parse_addr, HostArgs},
     net::{self, Client, NetConfig, NetEvent, DEFAULT_PORT},
     protocol::{
-        is_frame_extension, truncate_utf8, BlobHash, FrameGrant, JobOffer, OfferedJob, WorkRequest, WorkResponse,
-        MAX_BLOB_SIZE, MAX_ERROR_TEXT, PROTOCOL_VERSION,
+        is_frame_extension, truncate_utf8, BlobHash, FrameGrant, JobOffer, OfferedJob, SignedManifest, WorkRequest,
+        WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, PROTOCOL_VERSION,
     },
     scheduler::{FailOutcome, Grant, Scheduler, SchedulerConfig, Verdict},
     store::{keys, state::StateStore},
+    update::host::OwnBinary,
 };
 use blobs::{BlobServer, ExpectedUpload, FrameArrived};
 
@@ -46,6 +47,8 @@ pub struct HostConfig {
     pub mdns: bool,
     /// Lease timeout, backup delay and failure limits; the defaults are documented in docs/ARCHITECTURE.md.
     pub scheduler: SchedulerConfig,
+    /// Builds for other platforms, named by target triple, offered to volunteers in the update manifest.
+    pub release_dir: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -63,6 +66,7 @@ impl HostConfig {
             listen,
             mdns: !args.no_mdns,
             scheduler: SchedulerConfig::default(),
+            release_dir: args.release_dir,
         })
     }
 }
@@ -73,11 +77,22 @@ pub struct RunningHost {
     /// The addresses it listens on, with `/p2p/ID`.
     pub addrs: Vec<Multiaddr>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The program this host runs, as served to volunteers.
+    pub own: OwnBinary,
 }
 
 pub async fn run_cli(args: HostArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let config = HostConfig::from_args(args)?;
-    let host = match start(config, shutdown).await {
+    // The host stops either when asked or when its program file holds a new, checked build to relaunch on.
+    let (relaunch_tx, relaunch_rx) = tokio::sync::oneshot::channel::<std::path::PathBuf>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop_rx => {}
+        }
+    };
+    let host = match start(config, stop).await {
         Ok(host) => host,
         Err(e) if e.is::<owner::StoppedAsStandby>() => return Ok(()),
         Err(e) => return Err(e),
@@ -86,7 +101,14 @@ pub async fn run_cli(args: HostArgs, shutdown: impl Future<Output = ()> + Send +
         println!("blenderdist host {} is ready. On each volunteer machine run:", host.peer_id);
         println!("    blenderdist join {addr}");
     }
-    host.task.await.context("the host task panicked")?
+    let watcher = tokio::spawn(crate::update::host::watch_own_binary(host.own.clone(), relaunch_tx, stop_tx));
+    let result = host.task.await.context("the host task panicked")?;
+    watcher.abort();
+    if let Ok(program) = relaunch_rx.await {
+        // The state is durable and the loop has stopped: hand over to the new build, same arguments.
+        return Err(crate::update::relaunch(&program)).context("cannot relaunch");
+    }
+    result
 }
 
 /// Opens the state, starts the network and the job-folder watcher, and spawns the host's event loop.
@@ -105,9 +127,12 @@ pub async fn start(
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state folder {}", config.state_dir.display()))?;
     let keypair = keys::load_or_create(&config.state_dir.join("node.key"))?;
+    let own = OwnBinary::locate().await?;
+    let builds = crate::update::host::builds(&own, config.release_dir.as_deref()).await?;
+    let manifest = crate::update::manifest::sign(&keypair, &crate::update::host::manifest(&own, &builds))?;
     let state = StateStore::open(&config.state_dir.join("state.redb"))?;
     let (client, mut events) = net::spawn(NetConfig {
-        keypair,
+        keypair: keypair.clone(),
         is_host: true,
         listen: config.listen.clone(),
         bootstrap: vec![],
@@ -151,6 +176,9 @@ pub async fn start(
     let (arrivals_tx, arrivals) = mpsc::channel(64);
     let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx)?;
     blob_server.spawn(client.streams())?;
+    for (build, path) in builds {
+        blob_server.serve(build.hash, path);
+    }
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
     let mut host = Host {
         scheduler: Scheduler::new(config.scheduler),
@@ -159,6 +187,7 @@ pub async fn start(
         grant_times: HashMap::new(),
         offer_seq: 0,
         offer_now: false,
+        manifest,
         _owner_lock: owner_lock,
         state,
         client,
@@ -169,7 +198,7 @@ pub async fn start(
     }
     info!("host {peer_id} watching {}", host.config.jobdir.display());
     let task = tokio::spawn(async move { host.run(events, arrivals, watcher, shutdown).await });
-    Ok(RunningHost { peer_id, addrs, task })
+    Ok(RunningHost { peer_id, addrs, task, own })
 }
 
 fn check_dir(dir: &std::path::Path, what: &str) -> anyhow::Result<()> {
@@ -200,6 +229,8 @@ struct Host {
     offer_seq: u64,
     /// Frames went back to the queue: idle volunteers should hear of it now, not at the next periodic offer.
     offer_now: bool,
+    /// This owner's signed update manifest, for volunteers that ask and on the update topic.
+    manifest: SignedManifest,
     /// Held for the host's lifetime: no second host renders this JOBDIR meanwhile.
     _owner_lock: owner::OwnerLock,
 }
@@ -245,6 +276,10 @@ impl Host {
         let jobs = self.scheduler.offers().into_iter().map(|(job, pending)| OfferedJob { job, pending }).collect();
         let offer = JobOffer { version: PROTOCOL_VERSION, seq: self.offer_seq, jobs };
         let _ = self.client.publish(offer).await;
+        // The manifest rides along every tenth offer (and volunteers ask for it when they connect).
+        if self.offer_seq % 10 == 1 {
+            let _ = self.client.publish_manifest(self.manifest.clone()).await;
+        }
     }
 
     async fn on_net_event(&mut self, event: NetEvent) {
@@ -261,12 +296,17 @@ impl Host {
                 self.blob_server.forget_peer(&peer);
             }
             NetEvent::ListenFailed(reason) => warn!("{reason}"),
-            NetEvent::Listening(_) | NetEvent::HostFound(_) | NetEvent::Offer { .. } => {}
+            NetEvent::Listening(_)
+            | NetEvent::HostFound(_)
+            | NetEvent::Offer { .. }
+            | NetEvent::Manifest { .. }
+            | NetEvent::Incompatible { .. } => {}
         }
     }
 
     fn on_request(&mut self, peer: PeerId, request: WorkRequest) -> WorkResponse {
         match request {
+            WorkRequest::GetManifest => WorkResponse::Manifest(self.manifest.clone()),
             WorkRequest::Claim { version, .. } if version != PROTOCOL_VERSION => WorkResponse::Refused {
                 reason: format!("this host speaks protocol version {PROTOCOL_VERSION}, the volunteer {version}"),
             },

@@ -21,7 +21,10 @@ use super::{
     behaviour::{Behaviour, BehaviourEvent, HOST_AGENT},
     Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
 };
-use crate::protocol::{decode_offer, encode_offer, WorkResponse, IDENTIFY_PROTOCOL, OFFER_TOPIC};
+use crate::protocol::{
+    decode_offer, encode_offer, from_cbor, to_cbor, WorkResponse, IDENTIFY_PROTOCOL, MAX_MANIFEST, OFFER_TOPIC,
+    UPDATE_TOPIC,
+};
 
 /// A bootstrap address we keep a connection to.
 struct Bootstrap {
@@ -40,6 +43,7 @@ pub(super) struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     topic: gossipsub::IdentTopic,
+    update_topic: gossipsub::IdentTopic,
     pending_requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<WorkResponse, NetError>>>,
     bootstrap: Vec<Bootstrap>,
     /// Peers seen by mDNS that we are dialling or connected to, so each is dialled once.
@@ -57,6 +61,8 @@ impl EventLoop {
     ) -> Result<Self, String> {
         let topic = gossipsub::IdentTopic::new(OFFER_TOPIC);
         swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| e.to_string())?;
+        let update_topic = gossipsub::IdentTopic::new(UPDATE_TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&update_topic).map_err(|e| e.to_string())?;
         let now = Instant::now();
         let bootstrap = bootstrap
             .into_iter()
@@ -74,6 +80,7 @@ impl EventLoop {
             commands,
             events,
             topic,
+            update_topic,
             pending_requests: HashMap::new(),
             bootstrap,
             discovered: HashSet::new(),
@@ -136,6 +143,14 @@ impl EventLoop {
                     }
                 }
                 Err(e) => warn!("offer not encodable: {e}"),
+            },
+            Command::PublishManifest { manifest } => match to_cbor(&manifest) {
+                Ok(bytes) => {
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.update_topic.clone(), bytes) {
+                        debug!("manifest not published: {e}");
+                    }
+                }
+                Err(e) => warn!("manifest not encodable: {e}"),
             },
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -212,6 +227,8 @@ impl EventLoop {
                         "refusing peer: it speaks {}, this node speaks {IDENTIFY_PROTOCOL}", info.protocol_version
                     );
                     let _ = self.swarm.disconnect_peer_id(peer_id);
+                    let host = info.agent_version.starts_with(HOST_AGENT);
+                    self.emit(NetEvent::Incompatible { peer: peer_id, theirs: info.protocol_version, host }).await;
                 } else if info.agent_version.starts_with(HOST_AGENT) {
                     self.emit(NetEvent::HostFound(peer_id)).await;
                 }
@@ -241,6 +258,13 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 // Strict validation: `source` is the verified author, not the forwarding peer.
                 let Some(from) = message.source else { return };
+                if message.topic == self.update_topic.hash() {
+                    match from_cbor(&message.data, MAX_MANIFEST + 1024) {
+                        Ok(signed) => self.emit(NetEvent::Manifest { from, signed }).await,
+                        Err(e) => warn!(%from, "ignoring an undecodable update manifest: {e}"),
+                    }
+                    return;
+                }
                 match decode_offer(&message.data) {
                     Ok(offer) => self.emit(NetEvent::Offer { from, offer }).await,
                     Err(e) => warn!(%from, "ignoring an undecodable offer: {e}"),
@@ -277,7 +301,7 @@ impl EventLoop {
 }
 
 /// The `/p2p/ID` part of an address, if any.
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
         _ => None,

@@ -11,9 +11,10 @@ use libp2p::{identity::Keypair, noise, request_response::ResponseChannel, tcp, y
 use tokio::sync::{mpsc, oneshot};
 
 pub use behaviour::{HOST_AGENT, VOLUNTEER_AGENT};
+pub use event_loop::peer_of;
 use event_loop::EventLoop;
 
-use crate::protocol::{JobOffer, WorkRequest, WorkResponse};
+use crate::protocol::{JobOffer, SignedManifest, WorkRequest, WorkResponse};
 
 /// The TCP port a host listens on when `--listen` is not given, and a bootstrap `HOST` without a port dials.
 pub const DEFAULT_PORT: u16 = 7463;
@@ -47,6 +48,17 @@ pub enum NetEvent {
         from: PeerId,
         offer: JobOffer,
     },
+    /// A signed update manifest on the update topic; `from` is its verified author.
+    Manifest {
+        from: PeerId,
+        signed: SignedManifest,
+    },
+    /// A peer speaks another protocol version and was disconnected; `host` if it said it is an owner.
+    Incompatible {
+        peer: PeerId,
+        theirs: String,
+        host: bool,
+    },
     /// A work request to answer with [`Client::respond`].
     Request {
         peer: PeerId,
@@ -69,6 +81,7 @@ pub(crate) enum Command {
     Request { peer: PeerId, request: WorkRequest, reply: oneshot::Sender<Result<WorkResponse, NetError>> },
     Respond { channel: ResponseChannel<WorkResponse>, response: WorkResponse },
     Publish { offer: JobOffer },
+    PublishManifest { manifest: SignedManifest },
     ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
     ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -107,6 +120,10 @@ impl Client {
 
     pub async fn publish(&self, offer: JobOffer) -> Result<(), NetError> {
         self.send(Command::Publish { offer }).await
+    }
+
+    pub async fn publish_manifest(&self, manifest: SignedManifest) -> Result<(), NetError> {
+        self.send(Command::PublishManifest { manifest }).await
     }
 
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {

@@ -82,6 +82,7 @@ impl Dirs {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             mdns: false,
             scheduler: Default::default(),
+            release_dir: None,
         }
     }
 }
@@ -114,7 +115,8 @@ pub fn start_fake_worker(
     renderer: impl blenderdist::worker::blender::Renderer,
 ) -> (tokio::task::JoinHandle<anyhow::Result<()>>, tokio::sync::oneshot::Sender<()>) {
     let (stop, shutdown) = shutdown_switch();
-    let config = WorkerConfig { cache_dir: cache, bootstrap: vec![bootstrap], mdns: false, renderers: 1 };
+    let config =
+        WorkerConfig { cache_dir: cache, bootstrap: vec![bootstrap], mdns: false, renderers: 1, updater: None };
     (worker::start(config, renderer, shutdown).unwrap(), stop)
 }
 

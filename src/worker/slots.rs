@@ -1,0 +1,125 @@
+//! The render slots of a volunteer. Each renders its current frame while it claims and fetches its next, and
+//! uploads the previous frame meanwhile. When the volunteer drains (an update is staged) slots take no new frame
+//! and end once their frames in flight are delivered.
+
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+
+use libp2p::PeerId;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{blender::Renderer, frame, leases::Leases};
+use crate::protocol::{FrameGrant, WorkRequest, WorkResponse, PROTOCOL_VERSION};
+
+/// How long an idle volunteer waits for an offer before asking again anyway.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// What a slot listens to.
+#[derive(Clone)]
+pub(super) struct Signals {
+    pub hosts: watch::Receiver<HashSet<PeerId>>,
+    pub offers: Arc<Notify>,
+    /// True once the volunteer is draining for an update.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// One render slot: renders its current frame while it claims and fetches its next, so it never sits idle
+/// between frames.
+pub(super) async fn slot_loop<R: Renderer>(
+    slot: Arc<frame::Slot<R>>,
+    leases: Leases,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
+    let mut next: Option<Prepared> = None;
+    // The previous frame's upload, which runs while this slot renders the next frame.
+    let mut delivering: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let current = match next.take() {
+            Some(prepared) => prepared,
+            None => match wait_for_grant(&slot, &leases, &mut signals).await {
+                Some(prepared) => prepared,
+                None => {
+                    if let Some(previous) = delivering.take() {
+                        let _ = previous.await;
+                    }
+                    return Ok(());
+                }
+            },
+        };
+        let Prepared { host, grant, blend, recalled } = current;
+        let render = slot.render_granted(&grant, blend, &recalled);
+        let (outcome, prefetched) = tokio::join!(render, claim_one(&slot, &leases, &signals));
+        next = prefetched;
+        // One upload in flight per slot: a slow link slows the slot down instead of piling up frames.
+        if let Some(previous) = delivering.take() {
+            let _ = previous.await;
+        }
+        let (slot, leases) = (slot.clone(), leases.clone());
+        delivering = Some(tokio::spawn(async move {
+            slot.report(host, &grant, outcome).await;
+            leases.release(host, &grant.job, grant.frame);
+        }));
+    }
+}
+
+/// A granted frame with its .blend fetched (or the reason it could not be).
+struct Prepared {
+    host: PeerId,
+    grant: FrameGrant,
+    blend: anyhow::Result<PathBuf>,
+    recalled: CancellationToken,
+}
+
+/// Claims one frame from whichever known owner has one, holds its lease and fetches its .blend.
+async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals: &Signals) -> Option<Prepared> {
+    if *signals.draining.borrow() {
+        return None;
+    }
+    let known: Vec<PeerId> = signals.hosts.borrow().iter().copied().collect();
+    for host in known {
+        match slot.client.request(host, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 }).await {
+            Ok(WorkResponse::Granted(grants)) => {
+                let mut grants = grants.into_iter();
+                let grant = grants.next()?;
+                // We asked for one; any extra frame would only wait for its lease to run out.
+                let recalled = leases.hold(host, &grant.job, grant.frame);
+                let blend = slot.fetch_blend(host, &grant).await;
+                return Some(Prepared { host, grant, blend, recalled });
+            }
+            Ok(WorkResponse::Refused { reason }) => warn!("host {host} refused work: {reason}"),
+            Ok(WorkResponse::NoWork) => {}
+            Ok(other) => debug!("unexpected answer to a claim: {other:?}"),
+            Err(e) => debug!("claim failed: {e}"),
+        }
+    }
+    None
+}
+
+/// Waits until some owner grants a frame. `None` when the volunteer is shutting down.
+async fn wait_for_grant<R: Renderer>(
+    slot: &frame::Slot<R>,
+    leases: &Leases,
+    signals: &mut Signals,
+) -> Option<Prepared> {
+    loop {
+        if *signals.draining.borrow_and_update() {
+            return None;
+        }
+        // Armed before claiming, so an offer that arrives meanwhile is not missed.
+        let offers = signals.offers.clone();
+        let notified = offers.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        signals.hosts.borrow_and_update();
+        if let Some(prepared) = claim_one(slot, leases, signals).await {
+            return Some(prepared);
+        }
+        tokio::select! {
+            _ = notified => {}
+            changed = signals.hosts.changed() => changed.ok()?,
+            _ = signals.draining.changed() => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+        }
+    }
+}
