@@ -275,6 +275,16 @@ async fn foreign_unsigned_and_corrupt_updates_are_refused() {
     unsigned.signature.clear();
     let err = updater.consider(&volunteer, owner, &unsigned).await.unwrap_err();
     assert!(err.contains("signature"), "{err}");
+    // Properly signed, but older than one already accepted: a replay.
+    let mut newer = manifest.clone();
+    newer.issued_at = 5;
+    newer.binaries.clear();
+    let err = updater.consider(&volunteer, owner, &sign(&owner_key, &newer).unwrap()).await.unwrap_err();
+    assert!(err.contains("no build for"), "{err}");
+    let err = updater.consider(&volunteer, owner, &sign(&owner_key, &manifest).unwrap()).await.unwrap_err();
+    assert!(err.contains("a replay"), "{err}");
+    let mut manifest = manifest;
+    manifest.issued_at = 6;
     // Properly signed, but the blob does not match its hash.
     let good = sign(&owner_key, &manifest).unwrap();
     let err = updater.consider(&volunteer, owner, &good).await.unwrap_err();

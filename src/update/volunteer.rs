@@ -23,6 +23,8 @@ use crate::{
 
 /// Where a volunteer records the owner it trusts when it found it by mDNS or joined it without `/p2p/ID`.
 pub const TRUST_FILE: &str = "trusted-owner";
+/// Where a volunteer records when the newest manifest it accepted was issued.
+pub const NEWEST_FILE: &str = "newest-manifest";
 
 /// What the volunteer decided about a manifest.
 #[derive(Debug, PartialEq)]
@@ -96,6 +98,7 @@ impl Updater {
     pub async fn consider(&self, client: &Client, from: PeerId, signed: &SignedManifest) -> Result<Decision, String> {
         self.trusts(from)?;
         let manifest = manifest::verify(signed, from).map_err(|e| e.to_string())?;
+        self.check_fresh(manifest.issued_at)?;
         let Some(build) = manifest.binaries.iter().find(|b| b.target == manifest::TARGET) else {
             return Err(format!("the owner offers no build for {}", manifest::TARGET));
         };
@@ -126,6 +129,23 @@ impl Updater {
         info!("build {} passed its self-check; switching once the frames in flight are done", build.hash.short());
         *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(staged.clone());
         Ok(Decision::Staged(staged))
+    }
+
+    /// Refuses a manifest older than the newest one accepted (kept in the cache dir across relaunches), so a
+    /// replayed old manifest cannot take volunteers back to an old build.
+    fn check_fresh(&self, issued_at: u64) -> Result<(), String> {
+        let file = self.cache_dir.join(NEWEST_FILE);
+        let newest: u64 = std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+        if issued_at < newest {
+            return Err(format!(
+                "the manifest was issued at {issued_at}, before one already seen ({newest}): a replay"
+            ));
+        }
+        if issued_at > newest {
+            std::fs::write(&file, format!("{issued_at}\n"))
+                .map_err(|e| format!("cannot record the manifest's date in {}: {e}", file.display()))?;
+        }
+        Ok(())
     }
 
     /// Copies a verified build next to the program when that folder is writable, else into the cache dir.
