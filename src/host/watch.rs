@@ -21,8 +21,11 @@ impl JobDirWatcher {
     pub fn start(jobdir: &Path) -> Self {
         let (tx, events) = mpsc::channel(1);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Reads (our own rescans among them) change nothing.
-            if event.is_ok_and(|e| e.kind.is_access()) {
+            // Reads (our own rescans among them) and the host's own job logs and lock change no job.
+            let ours = |p: &std::path::PathBuf| {
+                p.extension().is_some_and(|e| e == "log" || e == "lock") || p.ends_with(".blenderdist-host.lock")
+            };
+            if event.is_ok_and(|e| e.kind.is_access() || (!e.paths.is_empty() && e.paths.iter().all(ours))) {
                 return;
             }
             // A full channel already holds a wake-up; dropping this one loses nothing.
