@@ -308,3 +308,71 @@ fn trust_on_first_use_records_the_owner_and_names_a_change() {
         "{err}"
     );
 }
+
+/// A bare libp2p node that says, through identify, that it is a blenderdist host of protocol version 2.
+async fn future_host() -> (libp2p::Multiaddr, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use libp2p::{identify, noise, tcp, yamux};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            identify::Behaviour::new(
+                identify::Config::new("/blenderdist/2".into(), key.public())
+                    .with_agent_version("blenderdist-host/9.0.0".into()),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    let addr = loop {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
+        }
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_protocol_versions_are_named_and_stop_a_volunteer_that_may_not_update() {
+    let (addr, host) = future_host().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &'static [&'static str]| {
+        let cache = dir.path().join(format!("cache{}", extra.len()));
+        let addr = addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["join", &addr, "--no-mdns", "--blender", "/bin/true", "--cache-dir"]).arg(cache).args(extra);
+            let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+            let mut proc = Proc(child);
+            // A volunteer that may not update stops by itself; one that may keeps trying: stop it after a while.
+            for _ in 0..100 {
+                if proc.0.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = proc.0.kill();
+            let status = proc.0.wait().unwrap();
+            let mut err = String::new();
+            std::io::Read::read_to_string(proc.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+            (status, err)
+        })
+    };
+    let (status, err) = run(&["--no-auto-updates"]).await.unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("/blenderdist/2") && err.contains("/blenderdist/1"), "{err}");
+    let (_, err) = run(&[]).await.unwrap();
+    assert!(
+        err.contains("/blenderdist/2") && err.contains("/blenderdist/1"),
+        "the refusal must name both versions: {err}"
+    );
+    host.abort();
+}
