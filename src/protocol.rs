@@ -98,17 +98,18 @@ pub struct OfferedJob {
     pub pending: u32,
 }
 
-/// Volunteer → owner over [`WORK_PROTOCOL`].
+/// Volunteer → owner over [`WORK_PROTOCOL`]. Every message about a frame names the .blend it was granted from, so
+/// nothing rendered from a job's old .blend is ever taken for its new one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkRequest {
     /// Ask for up to `slots` frames.
     Claim { version: u32, slots: u32 },
     /// A granted frame rendered; its blob is `size` bytes with hash `blob`. The owner answers `Upload` or `Discard`.
-    Rendered { job: String, frame: u32, blob: BlobHash, size: u64, ext: String },
+    Rendered { job: String, frame: u32, blend: BlobHash, blob: BlobHash, size: u64, ext: String },
     /// A granted frame failed to render.
-    Failed { job: String, frame: u32, error: String },
+    Failed { job: String, frame: u32, blend: BlobHash, error: String },
     /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
-    Renew { job: String, frame: u32 },
+    Renew { job: String, frame: u32, blend: BlobHash },
     /// Send me your signed update manifest. Answered `Manifest`.
     GetManifest,
 }

@@ -54,7 +54,15 @@ fn a_host_killed_with_sigkill_resumes_from_its_durable_state() {
     wait_until_blocking("three frames", LIMIT, || files_in(&out).len() >= 3);
     host.0.kill().unwrap(); // SIGKILL
     host.0.wait().unwrap();
-    let before = mtimes(&out);
+    // Frames the host had recorded as done (the job log says so only after the commit) must never be rendered again.
+    let log = std::fs::read_to_string(dirs.jobdir.join("k.log")).unwrap();
+    let done: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.split("frame ").nth(1)?.split(" done by").next()?.parse::<u32>().ok())
+        .map(|f| format!("{f:04}.png"))
+        .collect();
+    assert!(!done.is_empty(), "{log}");
+    let before: HashMap<String, SystemTime> = mtimes(&out).into_iter().filter(|(n, _)| done.contains(n)).collect();
 
     let (_host, addr2) = spawn_host(&dirs.jobdir, &dirs.renderdir, &["--listen", &listen]);
     assert_eq!(addr, addr2, "the restarted host has another address or identity");

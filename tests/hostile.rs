@@ -85,17 +85,24 @@ async fn forged_results_and_unasked_uploads_are_refused() {
     assert!(connected, "no connection to the host");
 
     let junk = b"pretend this is a frame".to_vec();
+    let blend = BlobHash::of_bytes(b"blend");
     let hash = BlobHash::of_bytes(&junk);
     // A result for a frame never granted to this peer.
-    let forged =
-        WorkRequest::Rendered { job: "j".into(), frame: 1, blob: hash, size: junk.len() as u64, ext: "png".into() };
+    let forged = WorkRequest::Rendered {
+        job: "j".into(),
+        frame: 1,
+        blend,
+        blob: hash,
+        size: junk.len() as u64,
+        ext: "png".into(),
+    };
     let answer = client.request(host_id, forged).await.unwrap();
     assert_ne!(answer, WorkResponse::Upload, "a forged result was invited");
     // A path-escaping extension on a frame it was granted.
     let granted = client.request(host_id, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 }).await.unwrap();
     let WorkResponse::Granted(grants) = granted else { panic!("no grant: {granted:?}") };
     let frame = grants[0].frame;
-    let evil = WorkRequest::Rendered { job: "j".into(), frame, blob: hash, size: 5, ext: "/../../x".into() };
+    let evil = WorkRequest::Rendered { job: "j".into(), frame, blend, blob: hash, size: 5, ext: "/../../x".into() };
     assert!(matches!(client.request(host_id, evil).await.unwrap(), WorkResponse::Refused { .. }));
     // An upload nobody asked for.
     let mut control = client.streams();
@@ -106,7 +113,7 @@ async fn forged_results_and_unasked_uploads_are_refused() {
     assert!(matches!(reply, BlobReply::Refused { .. }), "{reply:?}");
     // An invited upload whose bytes do not match the announced hash.
     let notice =
-        WorkRequest::Rendered { job: "j".into(), frame, blob: hash, size: junk.len() as u64, ext: "png".into() };
+        WorkRequest::Rendered { job: "j".into(), frame, blend, blob: hash, size: junk.len() as u64, ext: "png".into() };
     assert_eq!(client.request(host_id, notice).await.unwrap(), WorkResponse::Upload);
     let mut stream = control.open_stream(host_id, BLOB_PROTOCOL).await.unwrap();
     write_header(&mut stream, &BlobRequest::Put { hash, size: junk.len() as u64 }).await.unwrap();
@@ -136,4 +143,48 @@ async fn forged_results_and_unasked_uploads_are_refused() {
         let bytes = std::fs::read(dirs.renderdir.join("j").join(format!("{f:04}.png"))).unwrap();
         assert_eq!(bytes, FakeRenderer::content(&blend_name, f));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_rendered_from_a_jobs_old_blend_is_discarded() {
+    let dirs = Dirs::new();
+    let blend_path = dirs.jobdir.join("scene.blend");
+    std::fs::write(&blend_path, b"version one").unwrap();
+    let (host, _stop_host) = start_host(&dirs).await;
+    write_job(&dirs.jobdir, "j", "scene.blend", 1, 1);
+    let (client, _events) = net::spawn(NetConfig {
+        keypair: libp2p::identity::Keypair::generate_ed25519(),
+        is_host: false,
+        listen: vec![],
+        bootstrap: vec![host.addrs[0].clone()],
+        mdns: false,
+    })
+    .unwrap();
+    let claim = WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 };
+    let mut first = None;
+    for _ in 0..100 {
+        if let Ok(WorkResponse::Granted(g)) = client.request(host.peer_id, claim.clone()).await {
+            first = g.into_iter().next();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old = first.expect("no grant").blend;
+    std::fs::write(&blend_path, b"version two").unwrap();
+    let log = dirs.jobdir.join("j.log");
+    wait_until("the restart", LIMIT, || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("restarted"))).await;
+    // The same peer now holds frame 1 of the new version too; its old render must still not count.
+    let regrant = client.request(host.peer_id, claim.clone()).await.unwrap();
+    assert!(matches!(regrant, WorkResponse::Granted(_)), "{regrant:?}");
+    let stale = WorkRequest::Rendered {
+        job: "j".into(),
+        frame: 1,
+        blend: old,
+        blob: BlobHash::of_bytes(b"old pixels"),
+        size: 10,
+        ext: "png".into(),
+    };
+    assert_eq!(client.request(host.peer_id, stale).await.unwrap(), WorkResponse::Discard);
+    let renew = WorkRequest::Renew { job: "j".into(), frame: 1, blend: old };
+    assert_eq!(client.request(host.peer_id, renew).await.unwrap(), WorkResponse::Discard);
 }

@@ -32,6 +32,8 @@ pub struct ExpectedUpload {
     pub frame: u32,
     pub ext: String,
     pub size: u64,
+    /// The .blend the frame was rendered from; a frame of a job's older .blend is never stored.
+    pub blend: BlobHash,
 }
 
 /// A verified frame waiting in the temp folder for the event loop to store it.
@@ -55,6 +57,41 @@ struct Shared {
     expected: Mutex<HashMap<(PeerId, BlobHash), Vec<ExpectedUpload>>>,
     arrivals: mpsc::Sender<FrameArrived>,
     counter: AtomicU64,
+    /// Uploads in progress per peer, bounded so one volunteer cannot fill the disk with parallel uploads.
+    uploading: Mutex<HashMap<PeerId, usize>>,
+}
+
+/// Uploads one volunteer may stream at once (its render slots rarely need more than one each).
+const MAX_UPLOADS_PER_PEER: usize = 8;
+
+/// One of a peer's upload places, given back when dropped.
+struct UploadSlot<'a> {
+    counts: &'a Mutex<HashMap<PeerId, usize>>,
+    peer: PeerId,
+}
+
+impl<'a> UploadSlot<'a> {
+    fn take(counts: &'a Mutex<HashMap<PeerId, usize>>, peer: PeerId) -> Option<Self> {
+        let mut map = lock(counts);
+        let n = map.entry(peer).or_default();
+        if *n >= MAX_UPLOADS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self { counts, peer })
+    }
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.counts);
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl BlobServer {
@@ -71,6 +108,7 @@ impl BlobServer {
                 expected: Mutex::default(),
                 arrivals,
                 counter: AtomicU64::new(0),
+                uploading: Mutex::default(),
             }),
         })
     }
@@ -80,8 +118,17 @@ impl BlobServer {
         lock(&self.inner.served).insert(hash, path);
     }
 
+    /// Invites `peer` to upload `hash` for a frame. A newer invitation for the same frame replaces the older one,
+    /// so a peer cannot pile up invitations (and temp files) by announcing the same frame again and again.
     pub fn expect(&self, peer: PeerId, hash: BlobHash, upload: ExpectedUpload) {
-        lock(&self.inner.expected).entry((peer, hash)).or_default().push(upload);
+        let mut expected = lock(&self.inner.expected);
+        for ((p, _), list) in expected.iter_mut() {
+            if *p == peer {
+                list.retain(|u| (u.job.as_str(), u.frame) != (upload.job.as_str(), upload.frame));
+            }
+        }
+        expected.retain(|_, list| !list.is_empty());
+        expected.entry((peer, hash)).or_default().push(upload);
     }
 
     /// Takes one expected upload of `hash` from `peer`, if any.
@@ -143,6 +190,11 @@ impl BlobServer {
     }
 
     async fn receive_frame(&self, peer: PeerId, hash: BlobHash, size: u64, stream: &mut Stream) -> BlobReply {
+        let Some(_slot) = UploadSlot::take(&self.inner.uploading, peer) else {
+            return BlobReply::Refused {
+                reason: format!("at most {MAX_UPLOADS_PER_PEER} uploads at once per volunteer"),
+            };
+        };
         let Some(upload) = self.take_expected(peer, hash) else {
             warn!("{peer} tried to upload blob {} that the host did not ask for", hash.short());
             return BlobReply::Refused { reason: "this host did not ask for that blob".into() };

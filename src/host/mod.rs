@@ -325,17 +325,26 @@ impl Host {
                 }
                 WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
             }
-            WorkRequest::Renew { job, frame } => {
-                if self.scheduler.renew(&peer, &job, frame, Instant::now().into_std()) {
+            WorkRequest::Renew { job, frame, blend } => {
+                if self.jobs.blend_of(&job) == Some(blend)
+                    && self.scheduler.renew(&peer, &job, frame, Instant::now().into_std())
+                {
                     WorkResponse::Noted
                 } else {
                     WorkResponse::Discard
                 }
             }
-            WorkRequest::Rendered { job, frame, blob, size, ext } => {
+            WorkRequest::Rendered { job, frame, blend, blob, size, ext } => {
+                if self.jobs.blend_of(&job) != Some(blend) {
+                    return WorkResponse::Discard;
+                }
                 self.on_rendered(peer, job, frame, blob, size, ext)
             }
-            WorkRequest::Failed { job, frame, mut error } => {
+            WorkRequest::Failed { job, frame, blend, .. } if self.jobs.blend_of(&job) != Some(blend) => {
+                debug!("ignoring a failure of frame {frame} of an older version of {job} from {peer}");
+                WorkResponse::Noted
+            }
+            WorkRequest::Failed { job, frame, mut error, .. } => {
                 truncate_utf8(&mut error, MAX_ERROR_TEXT);
                 warn!("frame {frame} of {job} failed on {peer}: {error}");
                 if self.jobs.contains(&job) {
@@ -367,14 +376,15 @@ impl Host {
         }
         match self.scheduler.rendered(&peer, &job, frame) {
             Verdict::Accept => {
-                self.blob_server.expect(peer, blob, ExpectedUpload { job, frame, ext, size });
+                let Some(blend) = self.jobs.blend_of(&job) else { return WorkResponse::Discard };
+                self.blob_server.expect(peer, blob, ExpectedUpload { job, frame, ext, size, blend });
                 WorkResponse::Upload
             }
             Verdict::Discard => WorkResponse::Discard,
         }
     }
 
-    /// A verified frame is in the temp folder: record it as done, then move it into place.
+    /// A verified frame is in the temp folder: move it into place, then record it as done.
     fn on_frame_arrived(&mut self, arrival: FrameArrived) {
         let FrameArrived { peer, upload, temp, reply } = arrival;
         let result = self.store_frame(peer, &upload, &temp);
@@ -385,19 +395,14 @@ impl Host {
     }
 
     fn store_frame(&mut self, peer: PeerId, upload: &ExpectedUpload, temp: &std::path::Path) -> Result<(), String> {
-        let ExpectedUpload { job, frame, ext, .. } = upload;
-        if !self.jobs.contains(job) || self.scheduler.rendered(&peer, job, *frame) == Verdict::Discard {
+        let ExpectedUpload { job, frame, ext, blend, .. } = upload;
+        if self.jobs.blend_of(job) != Some(*blend) || self.scheduler.rendered(&peer, job, *frame) == Verdict::Discard {
             return Err(format!("frame {frame} of {job} is no longer wanted"));
         }
         let dir = self.config.renderdir.join(job);
         let target = dir.join(format!("{frame:04}.{ext}"));
-        // Recorded first, then moved into place: a frame file on disk is always a done frame, so a crash never
-        // renders it again. A crash in between leaves a done frame without its file, which the next load of the
-        // job finds missing and renders again.
-        if let Err(e) = self.state.mark_done(job, *frame) {
-            warn!("cannot record frame {frame} of {job} as done: {e}");
-            return Err(format!("the host cannot record frame {frame} of {job}"));
-        }
+        // Moved into place (durably), then recorded as done: a crash in between leaves a file that is not counted as
+        // done, so the frame is rendered again and the file replaced — never a done frame whose file is stale.
         std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::rename(temp, &target))
             .and_then(|_| std::fs::File::open(&dir)?.sync_all())
@@ -405,6 +410,10 @@ impl Host {
                 warn!("cannot write {}: {e}", target.display());
                 format!("the host cannot write frame {frame} of {job}")
             })?;
+        if let Err(e) = self.state.mark_done(job, *frame) {
+            warn!("cannot record frame {frame} of {job} as done: {e}");
+            return Err(format!("the host cannot record frame {frame} of {job}"));
+        }
         for recall in self.scheduler.frame_stored(job, *frame) {
             debug!("frame {} of {} done elsewhere; {} may stop", recall.frame, recall.job, recall.peer);
         }

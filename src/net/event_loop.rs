@@ -107,7 +107,13 @@ impl EventLoop {
 
     fn redial(&mut self) {
         let now = Instant::now();
-        for b in self.bootstrap.iter_mut().filter(|b| !b.connected && b.next_dial <= now) {
+        // One dial at a time per address, so a host that swallows SYNs does not collect a pile of pending dials;
+        // a dial with no answer for 10 s is given up on.
+        let due = |b: &Bootstrap| match b.dialing {
+            None => b.next_dial <= now,
+            Some(_) => b.next_dial + Duration::from_secs(10) <= now,
+        };
+        for b in self.bootstrap.iter_mut().filter(|b| !b.connected && due(b)) {
             debug!(addr = %b.addr, "dialling bootstrap peer");
             let opts = match b.peer {
                 Some(peer) => DialOpts::peer_id(peer).addresses(vec![b.addr.clone()]).build(),

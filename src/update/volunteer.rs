@@ -45,6 +45,8 @@ pub struct Updater {
     /// Builds already tried (fetched, refused or failing their self-check): never tried twice.
     tried: Mutex<HashSet<BlobHash>>,
     staged: Mutex<Option<PathBuf>>,
+    /// One manifest at a time: trust on first use must not be won by a race.
+    considering: tokio::sync::Mutex<()>,
 }
 
 impl Updater {
@@ -56,6 +58,7 @@ impl Updater {
             auto,
             tried: Mutex::default(),
             staged: Mutex::default(),
+            considering: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -96,8 +99,10 @@ impl Updater {
 
     /// Handles a manifest from `from`: refuses it (with the reason), or decides, fetching and staging a new build.
     pub async fn consider(&self, client: &Client, from: PeerId, signed: &SignedManifest) -> Result<Decision, String> {
-        self.trusts(from)?;
+        let _one_at_a_time = self.considering.lock().await;
+        // The signature first: only a manifest really signed by `from` may make it the trusted owner.
         let manifest = manifest::verify(signed, from).map_err(|e| e.to_string())?;
+        self.trusts(from)?;
         self.check_fresh(manifest.issued_at)?;
         let Some(build) = manifest.binaries.iter().find(|b| b.target == manifest::TARGET) else {
             return Err(format!("the owner offers no build for {}", manifest::TARGET));
@@ -111,16 +116,20 @@ impl Updater {
         if let Some(staged) = self.staged() {
             return Ok(Decision::Staged(staged));
         }
-        if !self.tried.lock().unwrap_or_else(|e| e.into_inner()).insert(build.hash) {
-            return Err(format!("build {} was already tried and refused", build.hash.short()));
+        if self.tried.lock().unwrap_or_else(|e| e.into_inner()).contains(&build.hash) {
+            return Err(format!("build {} was already refused", build.hash.short()));
         }
         info!("owner {from} runs build {}; fetching it", build.hash.short());
-        let fetched = fetch(client, from, build, &self.cache_dir).await?;
-        tracing::debug!("fetched {}", fetched.display());
+        // A failed transfer may be retried with the next manifest; a corrupt build or a failed check never is.
+        let fetched = fetch(client, from, build, &self.cache_dir).await.inspect_err(|e| {
+            if e.starts_with("refusing") {
+                self.tried.lock().unwrap_or_else(|e| e.into_inner()).insert(build.hash);
+            }
+        })?;
         let staged = self.stage(&fetched, build.hash).await?;
-        tracing::debug!("staged {}", staged.display());
         if let Err(e) = self_check(&staged).await {
             let _ = std::fs::remove_file(&staged);
+            self.tried.lock().unwrap_or_else(|e| e.into_inner()).insert(build.hash);
             return Err(format!(
                 "the new build {} failed its self-check ({e}); keeping this program",
                 build.hash.short()

@@ -46,6 +46,11 @@ pub(super) async fn track_hosts(
                 }
             }
             NetEvent::Manifest { from, signed } => {
+                // Only owners we are connected to and that identified as hosts; gossip relays anyone's messages.
+                if !hosts.borrow().contains(&from) {
+                    debug!("ignoring an update manifest from {from}, which is not a host this volunteer joined");
+                    continue;
+                }
                 if let Some(updater) = &updater {
                     let (client, updater, draining) = (client.clone(), updater.clone(), draining.clone());
                     tokio::spawn(async move { consider(&client, &updater, from, signed, &draining).await });
@@ -65,7 +70,10 @@ pub(super) async fn track_hosts(
                     warn!("host {from} speaks protocol version {}, this volunteer {PROTOCOL_VERSION}", offer.version);
                     continue;
                 }
-                hosts.send_if_modified(|h| h.insert(from));
+                // Work is claimed only from hosts this volunteer is connected to and that identified as hosts.
+                if !hosts.borrow().contains(&from) {
+                    continue;
+                }
                 if offer.jobs.iter().any(|j| j.pending > 0) {
                     offers.notify_waiters();
                 }

@@ -1,7 +1,11 @@
 //! One granted frame on a volunteer: fetch the .blend (once, into the cache), render it while renewing the lease,
 //! then return the result: a notice, the blob pushed over a stream, and the owner's acknowledgement.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::AsyncWriteExt;
 use libp2p::PeerId;
@@ -61,26 +65,34 @@ pub(super) struct Slot<R> {
     pub renderer: Arc<R>,
     pub work_dir: PathBuf,
     pub fetching: tokio::sync::Mutex<()>,
+    pub next_dir: std::sync::atomic::AtomicU64,
 }
 
 impl<R: Renderer> Slot<R> {
-    /// Renders one granted frame whose .blend was fetched (or failed to) and hands the result or the failure back
-    /// to `host`.
-    /// Renders one granted frame whose .blend was fetched (or failed to). `Ok(None)`: recalled while rendering.
+    /// Renders one granted frame whose .blend was fetched (or failed to) into `out_dir`, a folder of its own.
+    /// `Ok(None)`: recalled while rendering.
     pub async fn render_granted(
         &self,
         grant: &FrameGrant,
         blend: anyhow::Result<PathBuf>,
         recalled: &CancellationToken,
+        out_dir: &Path,
     ) -> Result<Option<RenderedFrame>, RenderError> {
         match blend {
-            Ok(blend) => self.render(grant, blend, recalled).await,
+            Ok(blend) => self.render(grant, blend, recalled, out_dir).await,
             Err(e) => Err(RenderError::new(format!("could not fetch the .blend: {e:#}"))),
         }
     }
 
-    /// Hands a render's outcome back to `host`: the frame itself, or the failure with Blender's words.
-    pub async fn report(&self, host: PeerId, grant: &FrameGrant, outcome: Result<Option<RenderedFrame>, RenderError>) {
+    /// Hands a render's outcome back to `host` (the frame itself, or the failure with Blender's words), then removes
+    /// the frame's folder.
+    pub async fn report(
+        &self,
+        host: PeerId,
+        grant: &FrameGrant,
+        outcome: Result<Option<RenderedFrame>, RenderError>,
+        out_dir: &Path,
+    ) {
         let FrameGrant { job, frame, .. } = grant;
         let result = match outcome {
             Ok(Some(rendered)) => self.deliver(host, grant, rendered).await,
@@ -90,19 +102,21 @@ impl<R: Renderer> Slot<R> {
                 warn!("frame {frame} of {job} failed: {e}");
                 let mut error = e.to_string();
                 truncate_utf8(&mut error, MAX_ERROR_TEXT);
-                let request = WorkRequest::Failed { job: job.clone(), frame: *frame, error };
+                let request = WorkRequest::Failed { job: job.clone(), frame: *frame, blend: grant.blend, error };
                 self.client.request(host, request).await.map(|_| ()).map_err(|e| e.to_string())
             }
         };
         if let Err(e) = result {
             warn!("could not return frame {frame} of {job} to {host}: {e}");
         }
-        let _ = tokio::fs::remove_dir_all(self.frame_dir(grant)).await;
+        let _ = tokio::fs::remove_dir_all(out_dir).await;
     }
 
-    fn frame_dir(&self, grant: &FrameGrant) -> PathBuf {
-        // Hash-named, never job-named: a job name comes from the network and must not choose a path.
-        self.work_dir.join(format!("{}-{}", grant.blend.short(), grant.frame))
+    /// A new, unique folder for one granted frame. Never job-named: a job name comes from the network and must not
+    /// choose a path; numbered, so two grants of the same frame never share a folder.
+    pub fn new_frame_dir(&self, grant: &FrameGrant) -> PathBuf {
+        let n = self.next_dir.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.work_dir.join(format!("{n}-{}-{}", grant.blend.short(), grant.frame))
     }
 
     /// The .blend from the cache, fetched from `host` and verified first if it is not there yet.
@@ -137,8 +151,9 @@ impl<R: Renderer> Slot<R> {
         grant: &FrameGrant,
         blend: PathBuf,
         recalled: &CancellationToken,
+        out_dir: &Path,
     ) -> Result<Option<RenderedFrame>, RenderError> {
-        let out_dir = self.frame_dir(grant);
+        let out_dir = out_dir.to_path_buf();
         tokio::fs::create_dir_all(&out_dir)
             .await
             .map_err(|e| RenderError::new(format!("cannot create {}: {e}", out_dir.display())))?;
@@ -152,8 +167,14 @@ impl<R: Renderer> Slot<R> {
     /// Announces the frame, pushes it if the host wants it, and waits until the host has stored it.
     async fn deliver(&self, host: PeerId, grant: &FrameGrant, rendered: RenderedFrame) -> Result<(), String> {
         let (blob, size) = hash_file(&rendered.path).await.map_err(|e| e.to_string())?;
-        let notice =
-            WorkRequest::Rendered { job: grant.job.clone(), frame: grant.frame, blob, size, ext: rendered.ext.clone() };
+        let notice = WorkRequest::Rendered {
+            job: grant.job.clone(),
+            frame: grant.frame,
+            blend: grant.blend,
+            blob,
+            size,
+            ext: rendered.ext.clone(),
+        };
         match self.client.request(host, notice).await.map_err(|e| e.to_string())? {
             WorkResponse::Upload => self.upload(host, blob, size, &rendered).await.map_err(|e| format!("{e:#}")),
             WorkResponse::Discard => {

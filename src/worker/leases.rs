@@ -14,13 +14,14 @@ use tracing::{debug, info};
 
 use crate::{
     net::Client,
-    protocol::{WorkRequest, WorkResponse},
+    protocol::{BlobHash, FrameGrant, WorkRequest, WorkResponse},
 };
 
 /// How often held leases are renewed; well inside the owner's lease timeout.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 
-type LeaseKey = (PeerId, String, u32);
+/// A held frame: owner, job, frame, and the .blend it was granted from.
+type LeaseKey = (PeerId, String, u32, BlobHash);
 
 #[derive(Clone, Default)]
 pub struct Leases {
@@ -29,14 +30,14 @@ pub struct Leases {
 
 impl Leases {
     /// Starts holding a granted frame; the token is cancelled if the owner recalls it.
-    pub fn hold(&self, host: PeerId, job: &str, frame: u32) -> CancellationToken {
+    pub fn hold(&self, host: PeerId, grant: &FrameGrant) -> CancellationToken {
         let token = CancellationToken::new();
-        self.lock().insert((host, job.to_string(), frame), token.clone());
+        self.lock().insert((host, grant.job.clone(), grant.frame, grant.blend), token.clone());
         token
     }
 
-    pub fn release(&self, host: PeerId, job: &str, frame: u32) {
-        self.lock().remove(&(host, job.to_string(), frame));
+    pub fn release(&self, host: PeerId, grant: &FrameGrant) {
+        self.lock().remove(&(host, grant.job.clone(), grant.frame, grant.blend));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseKey, CancellationToken>> {
@@ -52,13 +53,13 @@ impl Leases {
             every.tick().await;
             let held: Vec<(LeaseKey, CancellationToken)> =
                 self.lock().iter().map(|(k, t)| (k.clone(), t.clone())).collect();
-            for ((host, job, frame), token) in held {
-                let request = WorkRequest::Renew { job: job.clone(), frame };
+            for ((host, job, frame, blend), token) in held {
+                let request = WorkRequest::Renew { job: job.clone(), frame, blend };
                 match client.request(host, request).await {
                     Ok(WorkResponse::Discard) => {
                         info!("host recalled frame {frame} of {job}; stopping it");
                         token.cancel();
-                        self.release(host, &job, frame);
+                        self.lock().remove(&(host, job, frame, blend));
                     }
                     Ok(_) => {}
                     Err(crate::net::NetError::Stopped) => return,

@@ -74,8 +74,18 @@ pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send +
         renderers: args.renderers,
         updater: Some(updater.clone()),
     };
+    // Asked to stop, the volunteer stops, even with an update staged: it must not restart itself instead.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
     let worker = start(config, renderer, shutdown)?;
     let result = worker.await.context("the volunteer task panicked")?;
+    if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return result;
+    }
     if let Some(staged) = updater.staged() {
         // Every frame in flight is delivered: switch to the new build, same arguments.
         let program = updater.install(&staged);
@@ -112,6 +122,7 @@ pub fn start<R: Renderer>(
         renderer: Arc::new(renderer),
         work_dir,
         fetching: tokio::sync::Mutex::new(()),
+        next_dir: Default::default(),
     });
     let leases = Leases::default();
     let (draining_tx, draining) = watch::channel(false);

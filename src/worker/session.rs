@@ -82,13 +82,12 @@ impl Session {
     pub async fn start(launch: &Launch, blend: &Path) -> Result<Self, RenderError> {
         let mut cmd = tokio::process::Command::new(&launch.program);
         // Order matters to Blender: the file first, then what applies to it; --python-exit-code before --python.
-        cmd.arg("-b")
-            .arg("--factory-startup")
-            .arg("--disable-autoexec")
-            .arg(blend)
-            .args(["--python-exit-code", "1", "--python"])
-            .arg(&launch.driver)
-            .arg("--");
+        cmd.arg("-b").arg("--factory-startup").arg("--disable-autoexec").arg(blend);
+        if let Some(t) = launch.threads {
+            // As `blender -t N`; the driver also fixes the scene's own thread setting.
+            cmd.arg("-t").arg(t.to_string());
+        }
+        cmd.args(["--python-exit-code", "1", "--python"]).arg(&launch.driver).arg("--");
         if let Some(t) = launch.threads {
             cmd.arg("--threads").arg(t.to_string());
         }
@@ -157,7 +156,7 @@ impl Session {
                     if reply.frame != Some(frame) {
                         continue;
                     }
-                    return self.answer(frame, reply).map_err(|e| (e, true));
+                    return self.answer(frame, out_stem, reply).map_err(|e| (e, true));
                 }
                 _ = timeout => {
                     let limit = limits.frame_time.unwrap_or_default().as_secs();
@@ -179,7 +178,7 @@ impl Session {
         }
     }
 
-    fn answer(&self, frame: u32, reply: DriverReply) -> Result<RenderedFrame, RenderError> {
+    fn answer(&self, frame: u32, out_stem: &Path, reply: DriverReply) -> Result<RenderedFrame, RenderError> {
         let error = |message: String| RenderError { message, tail: self.tail_text() };
         if reply.ok != Some(true) {
             let reason = reply.error.unwrap_or_else(|| "unknown error".into());
@@ -188,9 +187,17 @@ impl Session {
         let (Some(path), Some(ext)) = (reply.path, reply.ext) else {
             return Err(error(format!("the driver reported frame {frame} without its file")));
         };
+        // The reply shares stdout with Blender, which prints names taken from the .blend: a crafted name could forge
+        // a reply. Only the exact file we asked for, with an image extension, is ever returned to the owner.
+        let ext = ext.to_ascii_lowercase();
+        let mut expected = out_stem.as_os_str().to_owned();
+        expected.push(format!(".{ext}"));
+        if !crate::protocol::is_frame_extension(&ext) || path.as_os_str() != expected {
+            return Err(error(format!("the driver reported an unexpected file for frame {frame}: {}", path.display())));
+        }
         // Blender's exit codes and messages lie; the file is the proof.
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() && m.len() > 0 => Ok(RenderedFrame { path, ext: ext.to_ascii_lowercase() }),
+            Ok(m) if m.is_file() && m.len() > 0 => Ok(RenderedFrame { path, ext }),
             _ => Err(error(format!("Blender reported frame {frame} saved but {} is missing or empty", path.display()))),
         }
     }

@@ -48,18 +48,23 @@ pub(super) async fn slot_loop<R: Renderer>(
             },
         };
         let Prepared { host, grant, blend, recalled } = current;
-        let render = slot.render_granted(&grant, blend, &recalled);
-        let (outcome, prefetched) = tokio::join!(render, claim_one(&slot, &leases, &signals));
-        next = prefetched;
+        // The next frame is claimed and its .blend fetched while this one renders.
+        let prefetch = {
+            let (slot, leases, signals) = (slot.clone(), leases.clone(), signals.clone());
+            tokio::spawn(async move { claim_one(&slot, &leases, &signals).await })
+        };
+        let dir = slot.new_frame_dir(&grant);
+        let outcome = slot.render_granted(&grant, blend, &recalled, &dir).await;
         // One upload in flight per slot: a slow link slows the slot down instead of piling up frames.
         if let Some(previous) = delivering.take() {
             let _ = previous.await;
         }
-        let (slot, leases) = (slot.clone(), leases.clone());
+        let (delivery_slot, delivery_leases) = (slot.clone(), leases.clone());
         delivering = Some(tokio::spawn(async move {
-            slot.report(host, &grant, outcome).await;
-            leases.release(host, &grant.job, grant.frame);
+            delivery_slot.report(host, &grant, outcome, &dir).await;
+            delivery_leases.release(host, &grant);
         }));
+        next = prefetch.await.ok().flatten();
     }
 }
 
@@ -83,7 +88,7 @@ async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals:
                 let mut grants = grants.into_iter();
                 let grant = grants.next()?;
                 // We asked for one; any extra frame would only wait for its lease to run out.
-                let recalled = leases.hold(host, &grant.job, grant.frame);
+                let recalled = leases.hold(host, &grant);
                 let blend = slot.fetch_blend(host, &grant).await;
                 return Some(Prepared { host, grant, blend, recalled });
             }
