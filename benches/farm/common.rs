@@ -1,0 +1,424 @@
+//! Helpers shared by the benchmarks: options, temp folders, result rows, waiting with a deadline, process guards,
+//! and an in-process farm (a host and fake volunteers over loopback TCP).
+
+use std::{
+    future::Future,
+    io::{Read, Seek, SeekFrom},
+    path::{Path, PathBuf},
+    process::Child,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use blenderdist::{
+    host::{self, HostConfig, RunningHost},
+    worker::{
+        self,
+        blender::{RenderError, RenderRequest, RenderedFrame, Renderer},
+        fake::FakeRenderer,
+        WorkerConfig,
+    },
+};
+use libp2p::{multiaddr::Protocol, Multiaddr};
+use tokio_util::sync::CancellationToken;
+
+pub struct Opts {
+    pub names: Vec<String>,
+    /// Smaller sizes, for trying the benchmarks out; the figures are not the recorded ones.
+    pub quick: bool,
+    /// The release binary, for the benchmarks that run it as a process.
+    pub bin: PathBuf,
+    /// Where temp folders go (each benchmark's folder is removed when it ends).
+    pub tmp: PathBuf,
+}
+
+impl Opts {
+    pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut opts = Opts {
+            names: vec![],
+            quick: false,
+            bin: root.join("target/release/blenderdist"),
+            tmp: root.join("target/bench-tmp"),
+        };
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => opts.quick = true,
+                // cargo bench passes --bench to harness = false targets.
+                "--bench" => {}
+                "--bin" => opts.bin = args.next().context("--bin needs a path")?.into(),
+                "--tmp" => opts.tmp = args.next().context("--tmp needs a folder")?.into(),
+                flag if flag.starts_with('-') => bail!("unknown option {flag}"),
+                name => opts.names.push(name.to_string()),
+            }
+        }
+        Ok(opts)
+    }
+
+    /// A fresh folder under `tmp`, removed when the returned guard drops (kept, logs and all, when the environment
+    /// sets BENCH_KEEP, for looking into a failure).
+    pub fn temp_dir(&self, what: &str) -> anyhow::Result<tempfile::TempDir> {
+        std::fs::create_dir_all(&self.tmp).with_context(|| format!("cannot create {}", self.tmp.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{what}-"))
+            .disable_cleanup(std::env::var_os("BENCH_KEEP").is_some())
+            .tempdir_in(&self.tmp)
+            .context("cannot make a temp folder")?;
+        Ok(dir)
+    }
+
+    pub fn require_bin(&self) -> anyhow::Result<()> {
+        if !self.bin.is_file() {
+            bail!("{} is missing; build it with `cargo build --release`", self.bin.display());
+        }
+        Ok(())
+    }
+}
+
+/// Runs one async benchmark on a fresh runtime with this machine's cores, and stops whatever it left running.
+pub fn block_on<F: Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    let result = rt.block_on(f);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+/// Logs of in-process nodes go to stderr; RUST_LOG picks the level (default: warnings only).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// One result row of the table.
+pub fn row(name: &str, measured: &str, baseline: &str, ratio: &str, goal: &str, met: &str) {
+    println!("ROW\t{name}\t{measured}\t{baseline}\t{ratio}\t{goal}\t{met}");
+}
+
+/// A sentence for the report, under the table.
+pub fn note(text: &str) {
+    println!("NOTE\t{}", text.replace(['\t', '\n'], " "));
+    eprintln!("   {text}");
+}
+
+pub fn yes_no(met: bool) -> &'static str {
+    if met {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+pub fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+/// Polls `cond` every `every` until it holds; an error naming `what` after `limit`. A deadline against hangs.
+pub async fn wait_for(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+    Ok(())
+}
+
+/// Writes a job file atomically: a temp name that does not end in `.job`, then a rename.
+pub fn write_job(jobdir: &Path, name: &str, blend: &str, first: u32, last: u32) -> anyhow::Result<()> {
+    let tmp = jobdir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, format!("{blend}\n{first}\n{last}\n"))?;
+    std::fs::rename(&tmp, jobdir.join(format!("{name}.job")))?;
+    Ok(())
+}
+
+/// Follows a job log as it grows, reading only the new bytes at each poll.
+pub struct LogTail {
+    path: PathBuf,
+    offset: u64,
+    pending: String,
+}
+
+impl LogTail {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, offset: 0, pending: String::new() }
+    }
+
+    /// Whether a line whose text (after the time stamp) starts with `prefix` was appended since the last call.
+    pub fn saw_line_starting(&mut self, prefix: &str) -> bool {
+        let Ok(mut file) = std::fs::File::open(&self.path) else { return false };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return false;
+        }
+        let mut new = String::new();
+        if let Ok(n) = file.read_to_string(&mut new) {
+            self.offset += n as u64;
+        }
+        self.pending.push_str(&new);
+        // Lines look like `2026-01-01 00:00:00 finished: 2000 frames`: the text follows the time stamp.
+        let needle = format!(" {prefix}");
+        let found = self.pending.lines().any(|l| l.contains(&needle));
+        if let Some(cut) = self.pending.rfind('\n') {
+            self.pending.drain(..=cut);
+        }
+        found
+    }
+}
+
+/// Counts the ESTABLISHED loopback TCP connections whose local port is `port`: how many peers a host has.
+pub fn established_on(port: u16) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return 0 };
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "01"
+                && f[1].rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) == Some(port)
+        })
+        .count()
+}
+
+pub fn tcp_port(addr: &Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| if let Protocol::Tcp(port) = p { Some(port) } else { None })
+}
+
+/// An in-process farm: a host on 127.0.0.1 and volunteers with their own caches, all stopped by one token.
+pub struct Farm {
+    pub jobdir: PathBuf,
+    pub renderdir: PathBuf,
+    pub host: RunningHost,
+    /// Where the volunteers' caches go.
+    caches: PathBuf,
+    volunteers: usize,
+    stop: CancellationToken,
+}
+
+impl Farm {
+    /// A host with its folders under `root`; volunteers added later keep their caches under `caches`.
+    pub async fn start_host(root: &Path, caches: &Path) -> anyhow::Result<Self> {
+        let jobdir = root.join("jobs");
+        let renderdir = root.join("renders");
+        std::fs::create_dir_all(&jobdir)?;
+        let stop = CancellationToken::new();
+        let config = HostConfig {
+            jobdir: jobdir.clone(),
+            renderdir: renderdir.clone(),
+            state_dir: root.join("state"),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            mdns: false,
+            scheduler: Default::default(),
+            release_dir: None,
+        };
+        let host = host::start(config, stop.clone().cancelled_owned()).await?;
+        Ok(Self { jobdir, renderdir, host, caches: caches.to_path_buf(), volunteers: 0, stop })
+    }
+
+    pub fn add_volunteer(&mut self, renderer: impl Renderer) -> anyhow::Result<()> {
+        let config = WorkerConfig {
+            cache_dir: self.caches.join(format!("cache-{}", self.volunteers)),
+            bootstrap: vec![self.host.addrs[0].clone()],
+            mdns: false,
+            renderers: 1,
+            updater: None,
+        };
+        worker::start(config, renderer, self.stop.clone().cancelled_owned())?;
+        self.volunteers += 1;
+        Ok(())
+    }
+
+    /// Waits until every volunteer holds a TCP connection to the host, then `settle` more for identify and the
+    /// gossipsub subscription that carries offers.
+    pub async fn wait_connected(&self, settle: Duration) -> anyhow::Result<()> {
+        let port = tcp_port(&self.host.addrs[0]).context("the host address has no TCP port")?;
+        let n = self.volunteers;
+        wait_for(&format!("{n} volunteers to connect"), Duration::from_secs(60), Duration::from_millis(20), || {
+            established_on(port) >= n
+        })
+        .await?;
+        tokio::time::sleep(settle).await;
+        Ok(())
+    }
+
+    pub fn frames_in(&self, job: &str) -> usize {
+        std::fs::read_dir(self.renderdir.join(job)).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A child process in its own process group, stopped with SIGTERM (then SIGKILL) when dropped, with whatever it
+/// started (a volunteer's Blender), so a failed benchmark leaves nothing running.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(mut command: std::process::Command) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        command.process_group(0);
+        let child = command.spawn().with_context(|| format!("cannot start {command:?}"))?;
+        Ok(Self { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal_group(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.child.id())])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    /// SIGTERM to the group, up to 10 s to exit, then SIGKILL.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.signal_group("-KILL");
+            return;
+        }
+        UNWAITED_CPU_TICKS.fetch_add(group_cpu_ticks(self.child.id()), Ordering::Relaxed);
+        self.signal_group("-TERM");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.signal_group("-KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time (clock ticks) of processes that were stopped with a [`Proc`] but that nobody waits for: a volunteer kills
+/// its persistent Blender when it stops without waiting for it, so that Blender's time would be charged to no process
+/// the benchmark script waits for. `main` reports it, and the script counts it as the benchmark's own.
+pub static UNWAITED_CPU_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), in which /proc reports CPU time.
+pub fn clock_ticks_per_second() -> f64 {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output();
+    out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+}
+
+/// CPU ticks used so far by the members of process group `pgid` other than its leader (whose own time reaches us
+/// when we wait for it). Should a volunteer one day wait for its Blender, this would count that time twice.
+fn group_cpu_ticks(pgid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let pids = entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    pids.filter(|&pid| pid != pgid)
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the parenthesised name: state, ppid, pgrp, ..., utime (12th), stime (13th).
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+            (field(2)? == u64::from(pgid)).then(|| Some(field(11)? + field(12)?))?
+        })
+        .sum()
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads a `/proc/PID/status` field in kB (VmHWM, VmRSS).
+pub fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Deterministic, incompressible bytes (xorshift), for blobs of a given size.
+pub fn fill_pseudo_random(buf: &mut [u8], seed: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let bytes = seed.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// A small file of pseudo-random bytes standing in for a .blend (the host only hashes it; fake volunteers only
+/// fetch it).
+pub fn write_fake_blend(path: &Path, size: usize, mut seed: u64) -> anyhow::Result<()> {
+    let mut bytes = vec![0u8; size];
+    fill_pseudo_random(&mut bytes, &mut seed);
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A fake renderer that also records when each render began, so a benchmark can see dispatch from the outside.
+pub struct Stamped {
+    inner: FakeRenderer,
+    starts: std::sync::Mutex<Vec<Instant>>,
+}
+
+impl Stamped {
+    pub fn fake(delay: Duration) -> Self {
+        Self { inner: FakeRenderer::new(delay), starts: Default::default() }
+    }
+
+    pub fn starts(&self) -> Vec<Instant> {
+        self.starts.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Renderer for Stamped {
+    async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
+        if let Ok(mut starts) = self.starts.lock() {
+            starts.push(Instant::now());
+        }
+        self.inner.render(request).await
+    }
+}
+
+/// Reads the host's stdout until its `blenderdist join ADDR` line (30 s at most), copying every line to `log` (the
+/// binary logs to stdout too), and keeps draining it afterwards.
+pub fn join_address(host: &mut Proc, log: &Path) -> anyhow::Result<Multiaddr> {
+    let stdout = host.child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    copy_lines(stdout, log, move |line| {
+        if let Some(addr) = line.trim().strip_prefix("blenderdist join ") {
+            let _ = tx.send(addr.to_string());
+        }
+    })?;
+    let addr = rx.recv_timeout(Duration::from_secs(30)).context("the host printed no join line within 30 s")?;
+    addr.parse().with_context(|| format!("cannot parse the join address {addr:?}"))
+}
+
+/// Copies a child's output to `log` (appending) line by line on a thread, showing each line to `watch`.
+pub fn copy_lines(
+    from: impl Read + Send + 'static,
+    log: &Path,
+    mut watch: impl FnMut(&str) + Send + 'static,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            watch(&line);
+            let _ = writeln!(file, "{line}");
+        }
+    });
+    Ok(())
+}
