@@ -11,8 +11,9 @@
 //! that baseline in the same invocation. Every load is bounded in count and time, runs over loopback only, and
 //! stops by itself; a benchmark that cannot finish fails with a message instead of hanging.
 //!
-//! Layout: `common` holds the shared helpers (options, temp folders, result rows, an in-process farm); one file per
-//! benchmark holds its method, described at its top.
+//! Layout: `common` holds the shared helpers (options, temp folders, result rows, an in-process farm), `procs` the
+//! handling of the processes started (the release binary, Blender); one file per benchmark holds its method,
+//! described at its top.
 
 #[path = "farm/blob.rs"]
 mod blob;
@@ -24,6 +25,8 @@ mod dispatch;
 mod memory;
 #[path = "farm/overhead.rs"]
 mod overhead;
+#[path = "farm/procs.rs"]
+mod procs;
 #[path = "farm/scaling.rs"]
 mod scaling;
 
@@ -55,9 +58,9 @@ fn main() -> ExitCode {
             "memory" => common::block_on(memory::run(&opts)),
             other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: {}", ALL.join(", "))),
         };
-        // CPU seconds of processes this benchmark stopped without anyone waiting for them (see common::Proc).
-        let ticks = common::UNWAITED_CPU_TICKS.swap(0, std::sync::atomic::Ordering::Relaxed);
-        println!("CPU\t{:.2}", ticks as f64 / common::clock_ticks_per_second());
+        // CPU seconds of processes this benchmark stopped without anyone waiting for them (see procs::Proc).
+        let ticks = procs::UNWAITED_CPU_TICKS.swap(0, std::sync::atomic::Ordering::Relaxed);
+        println!("CPU\t{:.2}", ticks as f64 / procs::clock_ticks_per_second());
         if let Err(e) = result {
             eprintln!("farm: {name} failed: {e:#}");
             common::row(name, "FAILED", "-", "-", "-", "no");

@@ -16,7 +16,10 @@ use blenderdist::{
 };
 use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
 
-use crate::common::{self, note, proc_status_kib, row, LogTail, Opts, Proc};
+use crate::{
+    common::{self, note, row, LogTail, Opts},
+    procs::{self, proc_status_kib, Proc},
+};
 
 const FRAMES: u32 = 100_000;
 const PEERS: usize = 100;
@@ -36,7 +39,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let log = dir.path().join("host.log");
     command.stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?);
     let mut host = Proc::spawn(command)?;
-    let addr = common::join_address(&mut host, &log)?;
+    let addr = procs::join_address(&mut host, &log)?;
     let host_peer = addr
         .iter()
         .find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None })

@@ -22,7 +22,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::common::{self, note, row, secs, Opts, Proc};
+use crate::{
+    common::{self, note, row, secs, Opts},
+    procs::{self, Proc},
+};
 
 const GOAL: f64 = 1.05;
 const LIMIT: Duration = Duration::from_secs(300);
@@ -210,7 +213,7 @@ fn farm_run(opts: &Opts, scene: &Path, root: &Path, frames: u32, extra: &[&str])
     let host_log = root.join("host.log");
     host.stdout(Stdio::piped()).stderr(std::fs::File::create(&host_log)?);
     let mut host = Proc::spawn(host)?;
-    let addr = common::join_address(&mut host, &host_log)?;
+    let addr = procs::join_address(&mut host, &host_log)?;
 
     let mut join = Command::new(&opts.bin);
     join.arg("join").arg(addr.to_string()).args(["--no-mdns", "--threads", "1", "--cache-dir"]).arg(&cache);
@@ -239,7 +242,7 @@ fn watch_for_joined(volunteer: &mut Proc, log: &Path) -> anyhow::Result<mpsc::Re
     let stdout = volunteer.child.stdout.take().context("no stdout")?;
     let stderr = volunteer.child.stderr.take().context("no stderr")?;
     for (stream, tx) in [(Box::new(stdout) as Box<dyn std::io::Read + Send>, tx.clone()), (Box::new(stderr), tx)] {
-        common::copy_lines(stream, log, move |line| {
+        procs::copy_lines(stream, log, move |line| {
             if line.contains("joined host") {
                 let _ = tx.send(());
             }
