@@ -29,6 +29,10 @@ pub const MAX_MANIFEST: usize = 16 * 1024;
 pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/work/1");
 /// Raw-stream protocol for content-addressed blobs, both directions.
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/blob/1");
+/// Raw-stream protocol for self-update: the signed manifest and the builds it names. Deliberately unversioned and
+/// frozen (its messages only ever gain variants at the end), so a volunteer can still fetch the owner's new build
+/// when the rest of the protocol has moved to another version.
+pub const UPDATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/update");
 
 /// Largest work request or response (CBOR); grants and notices are a few hundred bytes.
 pub const MAX_WORK_MESSAGE: u64 = 64 * 1024;
@@ -110,8 +114,6 @@ pub enum WorkRequest {
     Failed { job: String, frame: u32, blend: BlobHash, error: String },
     /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
     Renew { job: String, frame: u32, blend: BlobHash },
-    /// Send me your signed update manifest. Answered `Manifest`.
-    GetManifest,
 }
 
 /// Owner → volunteer over [`WORK_PROTOCOL`].
@@ -130,8 +132,6 @@ pub enum WorkResponse {
     Refused {
         reason: String,
     },
-    /// The owner's signed update manifest.
-    Manifest(SignedManifest),
 }
 
 /// What program the owner runs, and where each platform's build of it can be fetched (by hash, over
@@ -184,6 +184,15 @@ pub enum BlobRequest {
     Put { hash: BlobHash, size: u64 },
 }
 
+/// First message on an [`UPDATE_PROTOCOL`] stream, from the volunteer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UpdateRequest {
+    /// Answered by an `Option<SignedManifest>` header (at most [`MAX_MANIFEST`] bytes).
+    Manifest,
+    /// Answered like [`BlobRequest::Get`], for builds named in the manifest only.
+    Build { hash: BlobHash },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum BlobReply {
     Found { size: u64 },
@@ -211,9 +220,18 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
+    write_header_max(io, value, MAX_BLOB_HEADER).await
+}
+
+/// [`write_header`] with another size limit (the update manifest is larger than a blob header).
+pub async fn write_header_max<W, T>(io: &mut W, value: &T, max: u32) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
     let bytes = cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| WireError::Encode(e.to_string()))?;
     let len = u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge(u32::MAX))?;
-    if len > MAX_BLOB_HEADER {
+    if len > max {
         return Err(WireError::TooLarge(len));
     }
     io.write_all(&len.to_be_bytes()).await?;
@@ -228,10 +246,19 @@ where
     R: AsyncRead + Unpin,
     T: for<'de> Deserialize<'de>,
 {
+    read_header_max(io, MAX_BLOB_HEADER).await
+}
+
+/// [`read_header`] with another size limit.
+pub async fn read_header_max<R, T>(io: &mut R, max: u32) -> Result<T, WireError>
+where
+    R: AsyncRead + Unpin,
+    T: for<'de> Deserialize<'de>,
+{
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len);
-    if len > MAX_BLOB_HEADER {
+    if len > max {
         return Err(WireError::TooLarge(len));
     }
     let mut buf = vec![0u8; len as usize];

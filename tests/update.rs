@@ -214,7 +214,7 @@ async fn two_nodes(
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let server = BlobServer::new(dir.join("host-tmp"), tx).unwrap();
     server.spawn(host.streams()).unwrap();
-    server.serve(hash, served);
+    server.serve_updates(sign(&key, &manifest_for(hash, 0)).unwrap(), vec![(hash, served)]);
     let (volunteer, mut vevents) = net::spawn(NetConfig {
         keypair: libp2p::identity::Keypair::generate_ed25519(),
         is_host: false,
@@ -309,23 +309,62 @@ fn trust_on_first_use_records_the_owner_and_names_a_change() {
     );
 }
 
-/// A bare libp2p node that says, through identify, that it is a blenderdist host of protocol version 2.
-async fn future_host() -> (libp2p::Multiaddr, tokio::task::JoinHandle<()>) {
-    use futures::StreamExt;
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct FutureHostBehaviour {
+    identify: libp2p::identify::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A libp2p node that says, through identify, that it is a blenderdist host of protocol version 2, and serves over
+/// the unversioned update protocol a manifest signed by its key naming `build` (if any) for this platform.
+async fn future_host(build: Option<PathBuf>) -> (libp2p::Multiaddr, tokio::task::JoinHandle<()>) {
+    use blenderdist::protocol::{
+        read_header, write_header, write_header_max, BlobReply, UpdateRequest, MAX_MANIFEST, UPDATE_PROTOCOL,
+    };
+    use futures::{AsyncWriteExt, StreamExt};
     use libp2p::{identify, noise, tcp, yamux};
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let signed = build.as_ref().map(|path| {
+        let bytes = std::fs::read(path).unwrap();
+        let hash = BlobHash::of_bytes(&bytes);
+        let manifest = UpdateManifest { protocol_version: 2, ..manifest_for(hash, bytes.len() as u64) };
+        (sign(&key, &manifest).unwrap(), hash)
+    });
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .unwrap()
-        .with_behaviour(|key| {
-            identify::Behaviour::new(
+        .with_behaviour(|key| FutureHostBehaviour {
+            identify: identify::Behaviour::new(
                 identify::Config::new("/blenderdist/2".into(), key.public())
                     .with_agent_version("blenderdist-host/9.0.0".into()),
-            )
+            ),
+            stream: libp2p_stream::Behaviour::new(),
         })
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
+    let mut incoming = swarm.behaviour().stream.new_control().accept(UPDATE_PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let Ok(request) = read_header::<_, UpdateRequest>(&mut stream).await else { continue };
+            match (request, &signed, &build) {
+                (UpdateRequest::Manifest, signed, _) => {
+                    let manifest = signed.as_ref().map(|(m, _)| m.clone());
+                    let _ = write_header_max(&mut stream, &manifest, MAX_MANIFEST as u32).await;
+                }
+                (UpdateRequest::Build { hash }, Some((_, want)), Some(path)) if hash == *want => {
+                    let bytes = std::fs::read(path).unwrap();
+                    let _ = write_header(&mut stream, &BlobReply::Found { size: bytes.len() as u64 }).await;
+                    let _ = stream.write_all(&bytes).await;
+                }
+                _ => {
+                    let _ = write_header(&mut stream, &BlobReply::Missing).await;
+                }
+            }
+            let _ = stream.close().await;
+        }
+    });
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
     let addr = loop {
         if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
@@ -341,8 +380,38 @@ async fn future_host() -> (libp2p::Multiaddr, tokio::task::JoinHandle<()>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volunteer_fetches_its_owners_build_across_a_protocol_version_change() {
+    let dir = tempfile::tempdir().unwrap();
+    // The owner's "version 2" build: another file that still runs.
+    let new_build = copy_bin(&dir.path().join("v2"));
+    install_new_build(&new_build, "protocol version 2 build");
+    let (addr, host) = future_host(Some(new_build.clone())).await;
+    let vol_bin = copy_bin(&dir.path().join("volunteer-bin"));
+    let log = dir.path().join("volunteer.log");
+    let (addr, cache) = (addr.to_string(), dir.path().join("cache"));
+    let (vol, log2) = (vol_bin.clone(), log.clone());
+    let mut volunteer = tokio::task::spawn_blocking(move || {
+        spawn_volunteer_program(&vol, &addr, &cache, &log2, &["--blender", "/bin/true"])
+    })
+    .await
+    .unwrap();
+    let want = hash_of(&new_build);
+    let start = std::time::Instant::now();
+    while hash_of(&vol_bin) != want {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the volunteer never switched to the version 2 build:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(alive(&mut volunteer), "the volunteer did not relaunch on the new build");
+    host.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incompatible_protocol_versions_are_named_and_stop_a_volunteer_that_may_not_update() {
-    let (addr, host) = future_host().await;
+    let (addr, host) = future_host(None).await;
     let dir = tempfile::tempdir().unwrap();
     let run = |extra: &'static [&'static str]| {
         let cache = dir.path().join(format!("cache{}", extra.len()));

@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::{
-    protocol::{read_header, write_header, BlobHash, BlobReply, BlobRequest, BLOB_PROTOCOL},
+    protocol::{
+        read_header, write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest,
+        BLOB_PROTOCOL, MAX_MANIFEST, UPDATE_PROTOCOL,
+    },
     store::blobs::{receive_verified, send_file, BlobError},
 };
 
@@ -57,6 +60,9 @@ struct Shared {
     expected: Mutex<HashMap<(PeerId, BlobHash), Vec<ExpectedUpload>>>,
     arrivals: mpsc::Sender<FrameArrived>,
     counter: AtomicU64,
+    manifest: Mutex<Option<SignedManifest>>,
+    /// Builds named in the manifest: the only files served over the update protocol.
+    builds: Mutex<HashMap<BlobHash, PathBuf>>,
     /// Uploads in progress per peer, bounded so one volunteer cannot fill the disk with parallel uploads.
     uploading: Mutex<HashMap<PeerId, usize>>,
 }
@@ -109,6 +115,8 @@ impl BlobServer {
                 arrivals,
                 counter: AtomicU64::new(0),
                 uploading: Mutex::default(),
+                manifest: Mutex::default(),
+                builds: Mutex::default(),
             }),
         })
     }
@@ -116,6 +124,12 @@ impl BlobServer {
     /// Serve the file at `path` as the blob `hash`.
     pub fn serve(&self, hash: BlobHash, path: PathBuf) {
         lock(&self.inner.served).insert(hash, path);
+    }
+
+    /// Serves the signed update manifest and the builds it names over [`UPDATE_PROTOCOL`].
+    pub fn serve_updates(&self, manifest: SignedManifest, builds: Vec<(BlobHash, PathBuf)>) {
+        *lock(&self.inner.manifest) = Some(manifest);
+        lock(&self.inner.builds).extend(builds);
     }
 
     /// Invites `peer` to upload `hash` for a frame. A newer invitation for the same frame replaces the older one,
@@ -146,13 +160,15 @@ impl BlobServer {
         lock(&self.inner.expected).retain(|(p, _), _| p != peer);
     }
 
-    /// Accepts blob streams until the network stops.
+    /// Accepts blob and update streams until the network stops.
     pub fn spawn(&self, mut control: libp2p_stream::Control) -> anyhow::Result<()> {
-        let mut incoming =
+        let mut blobs =
             control.accept(BLOB_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept blob streams: {e}"))?;
+        let mut updates =
+            control.accept(UPDATE_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept update streams: {e}"))?;
         let server = self.clone();
         tokio::spawn(async move {
-            while let Some((peer, stream)) = incoming.next().await {
+            while let Some((peer, stream)) = blobs.next().await {
                 let server = server.clone();
                 tokio::spawn(async move {
                     if let Err(e) = server.handle(peer, stream).await {
@@ -161,7 +177,34 @@ impl BlobServer {
                 });
             }
         });
+        let server = self.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = updates.next().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = server.handle_update(peer, stream).await {
+                        debug!(%peer, "update stream ended: {e}");
+                    }
+                });
+            }
+        });
         Ok(())
+    }
+
+    async fn handle_update(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
+        let request: UpdateRequest = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream)).await??;
+        match request {
+            UpdateRequest::Manifest => {
+                let manifest = lock(&self.inner.manifest).clone();
+                write_header_max(&mut stream, &manifest, MAX_MANIFEST as u32).await?;
+                stream.close().await?;
+                Ok(())
+            }
+            UpdateRequest::Build { hash } => {
+                let path = lock(&self.inner.builds).get(&hash).cloned();
+                self.send_file_as(peer, hash, path, stream).await
+            }
+        }
     }
 
     async fn handle(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
@@ -175,8 +218,19 @@ impl BlobServer {
         Ok(())
     }
 
-    async fn send_blob(&self, peer: PeerId, hash: BlobHash, mut stream: Stream) -> anyhow::Result<()> {
+    async fn send_blob(&self, peer: PeerId, hash: BlobHash, stream: Stream) -> anyhow::Result<()> {
         let path = lock(&self.inner.served).get(&hash).cloned();
+        self.send_file_as(peer, hash, path, stream).await
+    }
+
+    /// Answers `Found` and streams the file, or `Missing`.
+    async fn send_file_as(
+        &self,
+        peer: PeerId,
+        hash: BlobHash,
+        path: Option<PathBuf>,
+        mut stream: Stream,
+    ) -> anyhow::Result<()> {
         let Some(path) = path else {
             write_header(&mut stream, &BlobReply::Missing).await?;
             return Ok(());

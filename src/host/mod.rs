@@ -176,9 +176,7 @@ pub async fn start(
     let (arrivals_tx, arrivals) = mpsc::channel(64);
     let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx)?;
     blob_server.spawn(client.streams())?;
-    for (build, path) in builds {
-        blob_server.serve(build.hash, path);
-    }
+    blob_server.serve_updates(manifest.clone(), builds.into_iter().map(|(b, path)| (b.hash, path)).collect());
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
     let mut host = Host {
         scheduler: Scheduler::new(config.scheduler),
@@ -306,7 +304,6 @@ impl Host {
 
     fn on_request(&mut self, peer: PeerId, request: WorkRequest) -> WorkResponse {
         match request {
-            WorkRequest::GetManifest => WorkResponse::Manifest(self.manifest.clone()),
             WorkRequest::Claim { version, .. } if version != PROTOCOL_VERSION => WorkResponse::Refused {
                 reason: format!("this host speaks protocol version {PROTOCOL_VERSION}, the volunteer {version}"),
             },

@@ -232,15 +232,22 @@ impl EventLoop {
                         %peer_id,
                         "refusing peer: it speaks {}, this node speaks {IDENTIFY_PROTOCOL}", info.protocol_version
                     );
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
                     let host = info.agent_version.starts_with(HOST_AGENT);
+                    // A volunteer stays connected to an incompatible owner just long enough to ask it for its new
+                    // build over the unversioned update protocol; it never claims work from it.
+                    if self.is_host || !host {
+                        let _ = self.swarm.disconnect_peer_id(peer_id);
+                    }
                     self.emit(NetEvent::Incompatible { peer: peer_id, theirs: info.protocol_version, host }).await;
                 } else if info.agent_version.starts_with(HOST_AGENT) {
                     self.emit(NetEvent::HostFound(peer_id)).await;
                 }
             }
-            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
-                // A peer that stops answering pings is treated as gone, so its frames are requeued promptly.
+            // A peer that stops answering pings is treated as gone, so its frames are requeued promptly. One that
+            // does not speak ping at all (another version, say) is not thereby dead.
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) })
+                if !matches!(e, ping::Failure::Unsupported) =>
+            {
                 debug!(%peer, "ping failed: {e}; closing the connection");
                 self.swarm.close_connection(connection);
             }

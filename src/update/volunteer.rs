@@ -16,7 +16,8 @@ use super::{host::OwnBinary, manifest, self_check};
 use crate::{
     net::Client,
     protocol::{
-        read_header, write_header, BlobHash, BlobReply, BlobRequest, PlatformBinary, SignedManifest, BLOB_PROTOCOL,
+        read_header, read_header_max, write_header, BlobHash, BlobReply, PlatformBinary, SignedManifest, UpdateRequest,
+        MAX_MANIFEST, UPDATE_PROTOCOL,
     },
     store::blobs::BlobStore,
 };
@@ -187,11 +188,18 @@ impl Updater {
     }
 }
 
+/// Asks `owner` for its signed manifest over the unversioned update protocol (`None`: it has none).
+pub async fn fetch_manifest(client: &Client, owner: PeerId) -> Result<Option<SignedManifest>, String> {
+    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| e.to_string())?;
+    write_header(&mut stream, &UpdateRequest::Manifest).await.map_err(|e| e.to_string())?;
+    read_header_max(&mut stream, MAX_MANIFEST as u32).await.map_err(|e| e.to_string())
+}
+
 /// Fetches a build by hash from the owner into the blob cache, verified; a corrupt blob is refused.
 async fn fetch(client: &Client, owner: PeerId, build: &PlatformBinary, cache_dir: &Path) -> Result<PathBuf, String> {
     let blobs = BlobStore::open(cache_dir.join("updates")).map_err(|e| e.to_string())?;
-    let mut stream = client.streams().open_stream(owner, BLOB_PROTOCOL).await.map_err(|e| e.to_string())?;
-    write_header(&mut stream, &BlobRequest::Get { hash: build.hash }).await.map_err(|e| e.to_string())?;
+    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| e.to_string())?;
+    write_header(&mut stream, &UpdateRequest::Build { hash: build.hash }).await.map_err(|e| e.to_string())?;
     match read_header(&mut stream).await.map_err(|e| e.to_string())? {
         BlobReply::Found { size } if size == build.size => {
             blobs.receive(&build.hash, size, &mut stream).await.map_err(|e| format!("refusing the new build: {e}"))

@@ -9,8 +9,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     net::{Client, NetEvent},
-    protocol::{SignedManifest, WorkRequest, WorkResponse, IDENTIFY_PROTOCOL, PROTOCOL_VERSION},
-    update::volunteer::{log_refusal, Decision, Updater},
+    protocol::{SignedManifest, IDENTIFY_PROTOCOL, PROTOCOL_VERSION},
+    update::volunteer::{fetch_manifest, log_refusal, Decision, Updater},
 };
 
 /// Keeps the set of reachable owners up to date, wakes idle slots when an owner offers work, and hands manifests
@@ -33,16 +33,7 @@ pub(super) async fn track_hosts(
                 offers.notify_waiters();
                 if let Some(updater) = &updater {
                     // Every owner is asked what it runs when it connects.
-                    let (client, updater, draining) = (client.clone(), updater.clone(), draining.clone());
-                    tokio::spawn(async move {
-                        match client.request(peer, WorkRequest::GetManifest).await {
-                            Ok(WorkResponse::Manifest(signed)) => {
-                                consider(&client, &updater, peer, signed, &draining).await;
-                            }
-                            Ok(other) => debug!("unexpected answer to a manifest request: {other:?}"),
-                            Err(e) => debug!("manifest request failed: {e}"),
-                        }
-                    });
+                    ask_manifest(&client, updater, peer, &draining);
                 }
             }
             NetEvent::Manifest { from, signed } => {
@@ -58,6 +49,10 @@ pub(super) async fn track_hosts(
             }
             NetEvent::Incompatible { peer, theirs, host: true } => {
                 let auto = updater.as_ref().is_some_and(|u| u.auto());
+                if let Some(updater) = updater.as_ref().filter(|_| auto) {
+                    // The update protocol is unversioned: the owner's new build can still be fetched.
+                    ask_manifest(&client, updater, peer, &draining);
+                }
                 if !auto {
                     anyhow::bail!(
                         "host {peer} speaks {theirs} and this volunteer speaks {IDENTIFY_PROTOCOL}; with \
@@ -89,6 +84,18 @@ pub(super) async fn track_hosts(
         }
     }
     Ok(())
+}
+
+/// Asks `owner` for its manifest and considers it, in the background.
+fn ask_manifest(client: &Client, updater: &Arc<Updater>, owner: PeerId, draining: &watch::Sender<bool>) {
+    let (client, updater, draining) = (client.clone(), updater.clone(), draining.clone());
+    tokio::spawn(async move {
+        match fetch_manifest(&client, owner).await {
+            Ok(Some(signed)) => consider(&client, &updater, owner, signed, &draining).await,
+            Ok(None) => debug!("owner {owner} offers no update manifest"),
+            Err(e) => debug!("cannot get the update manifest of {owner}: {e}"),
+        }
+    });
 }
 
 async fn consider(
