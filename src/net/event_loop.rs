@@ -18,7 +18,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    behaviour::{Behaviour, BehaviourEvent, HOST_AGENT},
+    behaviour::{Behaviour, BehaviourEvent, HOST_AGENT, VOLUNTEER_AGENT},
     Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
 };
 use crate::protocol::{
@@ -233,9 +233,12 @@ impl EventLoop {
                         "refusing peer: it speaks {}, this node speaks {IDENTIFY_PROTOCOL}", info.protocol_version
                     );
                     let host = info.agent_version.starts_with(HOST_AGENT);
-                    // A volunteer stays connected to an incompatible owner just long enough to ask it for its new
-                    // build over the unversioned update protocol; it never claims work from it.
-                    if self.is_host || !host {
+                    let volunteer = info.agent_version.starts_with(VOLUNTEER_AGENT);
+                    // An owner and a volunteer of different versions stay connected, so the volunteer can fetch the
+                    // owner's build over the unversioned update protocol; no work passes between them (the work
+                    // protocols are versioned). Anything else of another version is dropped.
+                    let keep = if self.is_host { volunteer } else { host };
+                    if !keep {
                         let _ = self.swarm.disconnect_peer_id(peer_id);
                     }
                     self.emit(NetEvent::Incompatible { peer: peer_id, theirs: info.protocol_version, host }).await;

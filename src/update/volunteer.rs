@@ -202,7 +202,12 @@ async fn fetch(client: &Client, owner: PeerId, build: &PlatformBinary, cache_dir
     write_header(&mut stream, &UpdateRequest::Build { hash: build.hash }).await.map_err(|e| e.to_string())?;
     match read_header(&mut stream).await.map_err(|e| e.to_string())? {
         BlobReply::Found { size } if size == build.size => {
-            blobs.receive(&build.hash, size, &mut stream).await.map_err(|e| format!("refusing the new build: {e}"))
+            blobs.receive(&build.hash, size, &mut stream).await.map_err(|e| match e {
+                // Bytes that are not the build the owner signed: never tried again.
+                crate::store::blobs::BlobError::HashMismatch { .. } => format!("refusing the new build: {e}"),
+                // A broken or stalled transfer: the next manifest tries again.
+                other => format!("the transfer of the new build failed: {other}"),
+            })
         }
         other => Err(format!("the owner did not serve build {}: {other:?}", build.hash.short())),
     }
