@@ -66,7 +66,7 @@ pub fn spawn_isolated_volunteer(hidden: &[&Path], cache: &Path, addr: &str, extr
     Proc(cmd.stdin(Stdio::null()).spawn().unwrap())
 }
 
-fn skip_without_blender() -> bool {
+pub fn skip_without_blender() -> bool {
     if !blender_available() {
         eprintln!("SKIPPED: blender is not installed (CI installs it: apt-get install -y blender)");
         return true;

@@ -27,11 +27,7 @@ fn mtimes(dir: &Path) -> HashMap<String, SystemTime> {
 }
 
 fn skip() -> bool {
-    if !blender_available() || !can_hide_folders() {
-        eprintln!("SKIPPED: needs blender and root (unshare -m)");
-        return true;
-    }
-    false
+    skip_without_blender()
 }
 
 #[test]

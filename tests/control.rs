@@ -257,24 +257,8 @@ async fn a_lease_that_is_not_renewed_expires_and_the_frame_goes_to_another_volun
     write_job(&dirs.jobdir, "l", "scene.blend", 1, 2);
     let (host, _stop) = start_host_with(&dirs, |s| s.lease_timeout = Duration::from_secs(2)).await;
     // A peer that claims a frame, stays connected, and never renews nor returns it.
-    let (client, _events) = blenderdist::net::spawn(blenderdist::net::NetConfig {
-        keypair: libp2p::identity::Keypair::generate_ed25519(),
-        is_host: false,
-        listen: vec![],
-        bootstrap: vec![host.addrs[0].clone()],
-        mdns: false,
-    })
-    .unwrap();
-    let claim =
-        blenderdist::protocol::WorkRequest::Claim { version: blenderdist::protocol::PROTOCOL_VERSION, slots: 1 };
-    let mut granted = false;
-    for _ in 0..100 {
-        if let Ok(blenderdist::protocol::WorkResponse::Granted(g)) = client.request(host.peer_id, claim.clone()).await {
-            granted = !g.is_empty();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (client, _events) = raw_peer(&host.addrs[0]);
+    let granted = claim_one_frame(&client, host.peer_id).await.is_some();
     assert!(granted, "the silent peer got no frame");
     let (_w, _sw) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), fake(10));
     wait_until("both frames", LIMIT, || count(&dirs.renderdir.join("l")) == 2).await;

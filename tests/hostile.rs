@@ -4,7 +4,6 @@
 use std::{io::Write, time::Duration};
 
 use blenderdist::{
-    net::{self, NetConfig},
     protocol::{
         read_header, write_header, BlobHash, BlobReply, BlobRequest, WorkRequest, WorkResponse, BLOB_PROTOCOL,
         PROTOCOL_VERSION,
@@ -64,14 +63,7 @@ async fn forged_results_and_unasked_uploads_are_refused() {
     std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
     let (host, _stop_host) = start_host(&dirs).await;
     write_job(&dirs.jobdir, "j", "scene.blend", 1, 3);
-    let (client, _events) = net::spawn(NetConfig {
-        keypair: libp2p::identity::Keypair::generate_ed25519(),
-        is_host: false,
-        listen: vec![],
-        bootstrap: vec![host.addrs[0].clone()],
-        mdns: false,
-    })
-    .unwrap();
+    let (client, _events) = raw_peer(&host.addrs[0]);
     let host_id = host.peer_id;
     // Wait for the connection and for the job to be known.
     let mut connected = false;
@@ -152,24 +144,9 @@ async fn a_frame_rendered_from_a_jobs_old_blend_is_discarded() {
     std::fs::write(&blend_path, b"version one").unwrap();
     let (host, _stop_host) = start_host(&dirs).await;
     write_job(&dirs.jobdir, "j", "scene.blend", 1, 1);
-    let (client, _events) = net::spawn(NetConfig {
-        keypair: libp2p::identity::Keypair::generate_ed25519(),
-        is_host: false,
-        listen: vec![],
-        bootstrap: vec![host.addrs[0].clone()],
-        mdns: false,
-    })
-    .unwrap();
+    let (client, _events) = raw_peer(&host.addrs[0]);
     let claim = WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 };
-    let mut first = None;
-    for _ in 0..100 {
-        if let Ok(WorkResponse::Granted(g)) = client.request(host.peer_id, claim.clone()).await {
-            first = g.into_iter().next();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let old = first.expect("no grant").blend;
+    let old = claim_one_frame(&client, host.peer_id).await.expect("no grant").blend;
     std::fs::write(&blend_path, b"version two").unwrap();
     let log = dirs.jobdir.join("j.log");
     wait_until("the restart", LIMIT, || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("restarted"))).await;

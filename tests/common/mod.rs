@@ -198,3 +198,33 @@ pub fn png_pixels(path: &Path) -> (u32, u32, String, Vec<u8>) {
     buf.truncate(info.buffer_size());
     (info.width, info.height, format!("{:?}/{:?}", info.color_type, info.bit_depth), buf)
 }
+
+/// A bare peer on the work protocol (no renderer), connected to `host`: for tests that misbehave on purpose.
+pub fn raw_peer(
+    host: &Multiaddr,
+) -> (blenderdist::net::Client, tokio::sync::mpsc::Receiver<blenderdist::net::NetEvent>) {
+    blenderdist::net::spawn(blenderdist::net::NetConfig {
+        keypair: libp2p::identity::Keypair::generate_ed25519(),
+        is_host: false,
+        listen: vec![],
+        bootstrap: vec![host.clone()],
+        mdns: false,
+    })
+    .unwrap()
+}
+
+/// Claims one frame from `host`, retrying while the connection and the job come up.
+pub async fn claim_one_frame(
+    client: &blenderdist::net::Client,
+    host: libp2p::PeerId,
+) -> Option<blenderdist::protocol::FrameGrant> {
+    use blenderdist::protocol::{WorkRequest, WorkResponse, PROTOCOL_VERSION};
+    for _ in 0..100 {
+        let claim = WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 };
+        if let Ok(WorkResponse::Granted(grants)) = client.request(host, claim).await {
+            return grants.into_iter().next();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
