@@ -59,11 +59,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let probe = opts.temp_dir("fsync-probe")?;
     let (files, commit) = store_cost(probe.path().to_path_buf()).await?;
     note(&format!(
-        "Scaling: what storing one frame costs the host on this disk (means of 200 tries): writing a small file, \
-         fsyncing it, renaming it into a folder and fsyncing the folder {:.2} ms; one `StateStore::mark_done` commit \
-         {:.2} ms. {VOLUNTEERS} volunteers deliver a frame every {:.1} ms in the ideal case.",
-        files.as_secs_f64() * 1000.0,
-        commit.as_secs_f64() * 1000.0,
+        "Scaling: what storing one frame costs the host on this disk (200 tries, mean and slowest): writing a small \
+         file, fsyncing it, renaming it into a folder and fsyncing the folder {}; one `StateStore::mark_done` commit \
+         {}. {VOLUNTEERS} volunteers deliver a frame every {:.1} ms in the ideal case.",
+        files,
+        commit,
         FRAME_TIME.as_secs_f64() * 1000.0 / VOLUNTEERS as f64,
     ));
     if let Some(shm) = shm {
@@ -78,32 +78,40 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mean times, in `dir`, of what the host does to store each frame: the file operations (write, fsync, rename into
-/// the job folder, fsync the folder) and the durable `StateStore::mark_done` commit.
-async fn store_cost(dir: std::path::PathBuf) -> anyhow::Result<(Duration, Duration)> {
+/// Mean and slowest times, in `dir`, of what the host does to store each frame: the file operations (write, fsync,
+/// rename into the job folder, fsync the folder) and the durable `StateStore::mark_done` commit.
+async fn store_cost(dir: std::path::PathBuf) -> anyhow::Result<(String, String)> {
     const TRIES: u32 = 200;
     tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
         let (tmp, frames) = (dir.join("tmp"), dir.join("frames"));
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(&frames)?;
-        let t0 = Instant::now();
+        let mut files = Vec::new();
         for i in 0..TRIES {
+            let t0 = Instant::now();
             let part = tmp.join(format!("{i}.part"));
             let mut file = std::fs::File::create(&part)?;
             file.write_all(b"fake frame\n")?;
             file.sync_all()?;
             std::fs::rename(&part, frames.join(format!("{i:04}.png")))?;
             std::fs::File::open(&frames)?.sync_all()?;
+            files.push(t0.elapsed());
         }
-        let files = t0.elapsed() / TRIES;
         let state = StateStore::open(&dir.join("state.redb"))?;
         state.put_job("probe", &JobRecord { blend: BlobHash([7; 32]), first: 1, last: TRIES })?;
-        let t0 = Instant::now();
+        let mut commits = Vec::new();
         for frame in 1..=TRIES {
+            let t0 = Instant::now();
             state.mark_done("probe", frame)?;
+            commits.push(t0.elapsed());
         }
-        anyhow::Ok((files, t0.elapsed() / TRIES))
+        let summary = |v: &[Duration]| {
+            let mean = v.iter().sum::<Duration>() / v.len() as u32;
+            let max = v.iter().max().copied().unwrap_or_default();
+            format!("{:.2} ms (slowest {:.1} ms)", mean.as_secs_f64() * 1000.0, max.as_secs_f64() * 1000.0)
+        };
+        anyhow::Ok((summary(&files), summary(&commits)))
     })
     .await?
 }
@@ -118,7 +126,8 @@ fn volunteer_dir(shm: Option<&Path>, beside: &Path) -> anyhow::Result<tempfile::
     Ok(tempfile::Builder::new().prefix("blenderdist-bench-caches-").tempdir_in(parent)?)
 }
 
-/// One farm with the host under `root` and the volunteers' caches under `caches`, one job; returns its makespan and notes where the time went.
+/// One farm with the host under `root` and the volunteers' caches under `caches`, one job; returns its makespan and
+/// notes where the time went.
 async fn measure(root: &Path, caches: &Path, frames: u32) -> anyhow::Result<Duration> {
     let mut farm = Farm::start_host(root, caches).await?;
     common::write_fake_blend(&farm.jobdir.join("scene.blend"), 64 * 1024, 1)?;
@@ -156,16 +165,23 @@ fn describe(renderers: &[Arc<Stamped>], t0: Instant, makespan: Duration, frames:
         starts.iter().flat_map(|s| s.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)).collect();
     let mean_gap = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
     let firsts: Vec<Instant> = starts.iter().filter_map(|s| s.first().copied()).collect();
+    // With every volunteer busy a render starts somewhere every ~2 ms; a long pause means the farm stalled (for
+    // instance the host's loop waiting on the disk while volunteers wait for their uploads to be stored).
+    let mut sorted = all.clone();
+    sorted.sort();
+    let pause = sorted.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
     let latest_first = firsts.iter().max().copied().unwrap_or(*first);
     note(&format!(
         "Scaling run with the host in {}: volunteers began their first render {}–{} after the job file; the last render started \
          at {}, makespan {}; {} renders for {frames} frames; {min}–{max} frames per volunteer; {mean_gap:.1} ms on \
-         average from one render's start to the next on a volunteer (rendering takes 100 ms).",
+         average from one render's start to the next on a volunteer (rendering takes 100 ms); longest time with no \
+         render starting anywhere {:.0} ms.",
         root.parent().map(|p| p.display().to_string()).unwrap_or_default(),
         secs(*first - t0),
         secs(latest_first - t0),
         secs(*last - t0),
         secs(makespan),
         all.len(),
+        pause.as_secs_f64() * 1000.0,
     ));
 }
