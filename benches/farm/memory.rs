@@ -36,10 +36,9 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
 
     let mut command = Command::new(&opts.bin);
     command.arg("host").arg(&jobdir).arg(&renderdir).args(["--listen", "127.0.0.1:0", "--no-mdns"]);
-    let log = dir.path().join("host.log");
-    command.stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?);
+    command.stdout(Stdio::piped()).stderr(std::fs::File::create(dir.path().join("host.log"))?);
     let mut host = Proc::spawn(command)?;
-    let addr = procs::join_address(&mut host, &log)?;
+    let addr = procs::join_address(&mut host, &dir.path().join("host.out"))?;
     let host_peer = addr
         .iter()
         .find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None })

@@ -210,10 +210,9 @@ fn farm_run(opts: &Opts, scene: &Path, root: &Path, frames: u32, extra: &[&str])
 
     let mut host = Command::new(&opts.bin);
     host.arg("host").arg(&jobdir).arg(&renderdir).args(["--listen", "127.0.0.1:0", "--no-mdns"]);
-    let host_log = root.join("host.log");
-    host.stdout(Stdio::piped()).stderr(std::fs::File::create(&host_log)?);
+    host.stdout(Stdio::piped()).stderr(std::fs::File::create(root.join("host.log"))?);
     let mut host = Proc::spawn(host)?;
-    let addr = procs::join_address(&mut host, &host_log)?;
+    let addr = procs::join_address(&mut host, &root.join("host.out"))?;
 
     let mut join = Command::new(&opts.bin);
     join.arg("join").arg(addr.to_string()).args(["--no-mdns", "--threads", "1", "--cache-dir"]).arg(&cache);
@@ -235,8 +234,8 @@ fn farm_run(opts: &Opts, scene: &Path, root: &Path, frames: u32, extra: &[&str])
     Ok(arrivals)
 }
 
-/// Copies the volunteer's output to `log` and signals once it says `joined host` (on stdout or stderr: the binary
-/// logs to stdout today, though the README says stderr).
+/// Copies the volunteer's output to `log` and signals once it says `joined host`. Both streams are watched: the
+/// binary logs to stderr now, but logged to stdout before.
 fn watch_for_joined(volunteer: &mut Proc, log: &Path) -> anyhow::Result<mpsc::Receiver<()>> {
     let (tx, rx) = mpsc::channel();
     let stdout = volunteer.child.stdout.take().context("no stdout")?;

@@ -100,8 +100,8 @@ pub fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-/// Reads the host's stdout until its `blenderdist join ADDR` line (30 s at most), copying every line to `log` (the
-/// binary logs to stdout too), and keeps draining it afterwards.
+/// Reads the host's stdout until its `blenderdist join ADDR` line (30 s at most), copying every line to `log`, and
+/// keeps draining it afterwards.
 pub fn join_address(host: &mut Proc, log: &Path) -> anyhow::Result<Multiaddr> {
     let stdout = host.child.stdout.take().context("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
