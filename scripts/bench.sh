@@ -6,7 +6,8 @@
 #
 # No name runs all five. --quick uses smaller sizes while developing (its figures are not the ones to record).
 # Builds once (`cargo build --release`: the binary and the benchmark binary benches/farm.rs) and reuses both.
-# Each benchmark has a time limit and stops by itself; temp files go to target/bench-tmp and are removed.
+# Each benchmark has a time limit and stops by itself; temp files go to target/bench-tmp (the scaling benchmark
+# also uses /dev/shm) and are removed.
 # Needs Blender on PATH for `overhead`. See docs/BENCHMARKS.md for what each benchmark measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ names=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=(--quick) ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *)
       [[ -n "${limit[$arg]:-}" ]] || { echo "bench.sh: unknown benchmark $arg (known: ${all[*]})" >&2; exit 2; }
