@@ -34,6 +34,9 @@ pub(super) struct Holder<P> {
     /// The peer reported the frame rendered and was told to upload. It is not recalled when another copy wins the
     /// race (it has nothing left to stop), and nobody backs up a frame that is already being uploaded.
     pub(super) rendered: bool,
+    /// When the upload was invited (the last sign of life before it): an upload is renewed for
+    /// `upload_timeout` at most, so a volunteer that never delivers cannot hold the frame forever.
+    pub(super) rendered_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -208,7 +211,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Job<P> {
             }
             FrameState::Leased => {}
         }
-        let holder = Holder { peer: peer.clone(), granted: now, renewed: now, rendered: false };
+        let holder = Holder { peer: peer.clone(), granted: now, renewed: now, rendered: false, rendered_at: None };
         self.leases.entry(frame).or_default().push(holder);
         self.forget_late(frame, peer);
     }

@@ -43,6 +43,9 @@ pub struct SchedulerConfig {
     /// In the tail (nothing pending), a frame leased this long gets a backup copy on an idle volunteer, so one slow
     /// machine cannot hold up the end of a job.
     pub backup_after: Duration,
+    /// An invited upload is renewed for this long at most; then the lease runs out and the frame goes to someone
+    /// else (a late upload is still taken if the frame is not done by then).
+    pub upload_timeout: Duration,
     /// A peer failing this many distinct frames of a job is not given that job any more (at least 1).
     pub max_peer_failures: u32,
     /// A frame failing on this many distinct peers fails the job: the scene is broken, not the volunteers.
@@ -54,6 +57,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             lease_timeout: Duration::from_secs(30),
             backup_after: Duration::from_secs(180),
+            upload_timeout: Duration::from_secs(600),
             max_peer_failures: 3,
             max_frame_failures: 3,
         }
@@ -293,9 +297,13 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Extends `peer`'s lease on a frame. False if it holds none (it expired, was recalled, or never existed): the
     /// peer should stop.
     pub fn renew(&mut self, peer: &P, job: &str, frame: u32, now: Instant) -> bool {
+        let upload_timeout = self.config.upload_timeout;
         let Some(holder) = self.job_mut(job).and_then(|j| j.holder_mut(peer, frame)) else {
             return false;
         };
+        if holder.rendered_at.is_some_and(|t| now.saturating_duration_since(t) > upload_timeout) {
+            return false;
+        }
         holder.renewed = now;
         true
     }
@@ -303,9 +311,13 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Extends every lease `peer` holds, for protocols where any message from a peer is its heartbeat. Returns how
     /// many leases it holds.
     pub fn renew_peer(&mut self, peer: &P, now: Instant) -> usize {
+        let upload_timeout = self.config.upload_timeout;
         let mut count = 0;
         for job in self.jobs.values_mut() {
             for holder in job.leases.values_mut().flatten().filter(|h| &h.peer == peer) {
+                if holder.rendered_at.is_some_and(|t| now.saturating_duration_since(t) > upload_timeout) {
+                    continue;
+                }
                 holder.renewed = now;
                 count += 1;
             }
@@ -330,6 +342,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         if let Some(holder) = job.holder_mut(peer, frame) {
             holder.rendered = true;
+            holder.rendered_at.get_or_insert(holder.renewed);
             return Verdict::Accept;
         }
         if job.is_late(peer, frame) {
