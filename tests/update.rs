@@ -51,19 +51,9 @@ fn hash_of(path: &Path) -> BlobHash {
 }
 
 fn spawn_host_program(program: &Path, dirs: &Dirs, listen: &str, extra: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(program)
-        .arg("host")
-        .arg(&dirs.jobdir)
-        .arg(&dirs.renderdir)
-        .args(["--listen", listen, "--no-mdns"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    (proc, read_join_line(stdout))
+    let mut args = vec!["--listen", listen];
+    args.extend_from_slice(extra);
+    spawn_host_from(program, &dirs.jobdir, &dirs.renderdir, &args)
 }
 
 /// A volunteer run from `program`, its log in `log`.

@@ -132,7 +132,12 @@ impl Drop for Proc {
 
 /// Starts `blenderdist host` on a free loopback port and returns it with its join address (read from its stdout).
 pub fn spawn_host(jobdir: &Path, renderdir: &Path, extra: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(BIN)
+    spawn_host_from(Path::new(BIN), jobdir, renderdir, extra)
+}
+
+/// [`spawn_host`] running another copy of the program (self-update tests).
+pub fn spawn_host_from(program: &Path, jobdir: &Path, renderdir: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(program)
         .arg("host")
         .arg(jobdir)
         .arg(renderdir)
