@@ -1,6 +1,7 @@
 //! blenderdist: a peer-to-peer render farm for Blender.
 //!
 //! # Layout
+//! - [`blendfile`]: reads .blend files without Blender: the version that saved one, and rewriting absolute paths.
 //! - [`cli`]: the command line (clap), and the conversion of its addresses into multiaddrs.
 //! - [`protocol`]: every wire type, the protocol names and the size limits.
 //! - [`net`]: the one event loop that owns the libp2p swarm, and the `Client` handle the rest of the code uses.
@@ -11,6 +12,7 @@
 //! - [`worker::blender`]: the only code that starts Blender.
 //! - [`update`]: self-update: signed manifests, the owner's relaunch, volunteers fetching and switching builds.
 
+pub mod blendfile;
 pub mod cli;
 pub mod host;
 pub mod net;
