@@ -52,6 +52,8 @@ pub struct Scheduler<P> {
     config: SchedulerConfig,
     jobs: BTreeMap<ServiceKey, Job<P>>,
     keys: HashMap<String, ServiceKey>,
+    /// What each peer's Blender can do, for peers that said; forgotten when the peer leaves.
+    caps: HashMap<P, PeerCaps>,
 }
 
 fn recall<P>(job: &str, frame: u32, peer: P) -> Recall<P> {
@@ -60,7 +62,7 @@ fn recall<P>(job: &str, frame: u32, peer: P) -> Recall<P> {
 
 impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     pub fn new(config: SchedulerConfig) -> Self {
-        Scheduler { config, jobs: BTreeMap::new(), keys: HashMap::new() }
+        Scheduler { config, jobs: BTreeMap::new(), keys: HashMap::new(), caps: HashMap::new() }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -145,6 +147,36 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
         true
     }
 
+    /// Records what `peer`'s Blender can do; jobs it cannot render are no longer offered to it.
+    pub fn set_caps(&mut self, peer: &P, caps: PeerCaps) {
+        self.caps.insert(peer.clone(), caps);
+    }
+
+    /// Jobs with frames to hand out that no known volunteer can render, each with the reason: `saved by Blender
+    /// 4.3; volunteers have 3.4.1`. Empty while no volunteer has said what it can do.
+    pub fn unservable(&self) -> Vec<(String, String)> {
+        if self.caps.is_empty() {
+            return Vec::new();
+        }
+        let mut have: Vec<&str> = self.caps.values().map(|c| c.blender_text.as_str()).collect();
+        have.sort_unstable();
+        have.dedup();
+        let mut out = Vec::new();
+        for job in self.jobs.values().filter(|j| j.eligible() && j.pending > 0) {
+            let reasons: Vec<String> = self.caps.values().filter_map(|c| job.desc.needs.unmet_by(c)).collect();
+            if reasons.len() == self.caps.len() {
+                let reason = reasons.into_iter().next().unwrap_or_default();
+                out.push((job.desc.name.clone(), format!("{reason}; volunteers have Blender {}", have.join(", "))));
+            }
+        }
+        out
+    }
+
+    /// Whether `peer` can render `job` as far as its reported capabilities tell.
+    fn can_render(&self, peer: &P, job: &Job<P>) -> bool {
+        self.caps.get(peer).is_none_or(|caps| job.desc.needs.unmet_by(caps).is_none())
+    }
+
     /// Leases up to `slots` frames to `peer`: highest-priority, oldest job first, lowest frame first, skipping
     /// suspended, failed and finished jobs, jobs that blocklist the peer and frames it failed. Slots left over when
     /// nothing is pending for this peer go to backup copies: per job in service order, the frame out the longest, if
@@ -153,11 +185,12 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
         let want = slots as usize;
         let max_peer_failures = self.config.max_peer_failures;
         let mut grants = Vec::new();
-        for job in self.jobs.values_mut() {
+        let able: Vec<bool> = self.jobs.values().map(|j| self.can_render(peer, j)).collect();
+        for (job, able) in self.jobs.values_mut().zip(&able) {
             if grants.len() >= want {
                 return grants;
             }
-            if !job.serves(peer, max_peer_failures) || job.pending == 0 {
+            if !able || !job.serves(peer, max_peer_failures) || job.pending == 0 {
                 continue;
             }
             for frame in job.take_pending(peer, want - grants.len(), now) {
@@ -165,8 +198,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
         }
         'backups: while grants.len() < want {
-            for job in self.jobs.values_mut() {
-                if !job.serves(peer, max_peer_failures) {
+            for (job, able) in self.jobs.values_mut().zip(&able) {
+                if !able || !job.serves(peer, max_peer_failures) {
                     continue;
                 }
                 if let Some(frame) = job.backup_candidate(peer, now, self.config.backup_after) {
@@ -274,6 +307,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// `peer` left: all its leases are dropped at once. Returns them (job, frame); a frame still held by a backup is
     /// not pending again. Its result, should it come back, is still accepted while the frame is not done.
     pub fn peer_gone(&mut self, peer: &P) -> Vec<(String, u32)> {
+        self.caps.remove(peer);
         let mut out = Vec::new();
         for job in self.jobs.values_mut() {
             for frame in job.drop_peer(peer) {
@@ -303,7 +337,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// Whether a claim by `peer` would get a pending frame. Backup copies are not considered: they depend on the time.
     pub fn has_work_for(&self, peer: &P) -> bool {
-        self.jobs.values().any(|j| j.serves(peer, self.config.max_peer_failures) && j.has_pending_for(peer))
+        self.jobs.values().any(|j| {
+            self.can_render(peer, j) && j.serves(peer, self.config.max_peer_failures) && j.has_pending_for(peer)
+        })
     }
 
     pub fn status(&self, name: &str) -> Option<JobStatus> {

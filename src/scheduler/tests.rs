@@ -17,7 +17,16 @@ fn blend(n: u8) -> BlendHash {
 }
 
 fn desc(name: &str, first: u32, last: u32, priority: i32, order: u64) -> JobDesc {
-    JobDesc { name: name.to_owned(), blend: blend(1), blend_size: 1000, first, last, priority, order }
+    JobDesc {
+        name: name.to_owned(),
+        blend: blend(1),
+        blend_size: 1000,
+        first,
+        last,
+        priority,
+        order,
+        needs: JobNeeds::default(),
+    }
 }
 
 /// A fresh job status with only the counters set.
@@ -434,6 +443,8 @@ fn simulated_farm_finishes_every_frame_once() {
     }
 }
 
+/// Jobs only volunteers with the right Blender can render.
+mod caps;
 /// Jobs that change under the scheduler: range edits, a new .blend, removal, a peer leaving.
 mod changes;
 /// Leases, backups and failures: the tests of work that goes missing.

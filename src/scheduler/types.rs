@@ -5,6 +5,8 @@ use std::time::Duration;
 /// Content hash of a job's .blend; a different hash means a different scene, so all rendered frames are stale.
 pub type BlendHash = crate::protocol::BlobHash;
 
+pub use crate::blendfile::BlendVersion;
+
 /// Largest number of frames one job may have; frames past `first + MAX_JOB_FRAMES - 1` are ignored. One byte per
 /// frame is kept, so this bounds a job's memory at 16 MiB even for a bogus range such as `0..=u32::MAX`.
 pub const MAX_JOB_FRAMES: u32 = 1 << 24;
@@ -52,6 +54,42 @@ pub struct JobDesc {
     pub priority: i32,
     /// Arrival order: among equal priorities, lower (older) is served first.
     pub order: u64,
+    /// What a volunteer's Blender must be able to do to render it.
+    pub needs: JobNeeds,
+}
+
+/// What a job needs of a volunteer's Blender.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobNeeds {
+    /// The Blender that saved the .blend: an older one cannot open it (Blender 3.4 crashes loading a 4.x file).
+    pub saved_by: Option<BlendVersion>,
+    /// Cycles denoising is on: a Blender built without OpenImageDenoise fails every frame.
+    pub denoiser: bool,
+}
+
+/// What a volunteer's Blender can do, as it reported when it claimed. A peer that reported nothing (an older or
+/// a test volunteer) is given anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCaps {
+    pub blender: BlendVersion,
+    /// The full version text, for messages (`3.4.1`).
+    pub blender_text: String,
+    pub denoiser: bool,
+}
+
+impl JobNeeds {
+    /// Why a volunteer with `caps` cannot render the job, or None when it can.
+    pub fn unmet_by(&self, caps: &PeerCaps) -> Option<String> {
+        if let Some(saved_by) = self.saved_by {
+            if caps.blender < saved_by {
+                return Some(format!("saved by Blender {saved_by}"));
+            }
+        }
+        if self.denoiser && !caps.denoiser {
+            return Some("uses Cycles denoising, which needs a Blender built with OpenImageDenoise".into());
+        }
+        None
+    }
 }
 
 /// What [`Scheduler::upsert_job`] did with a job description.
