@@ -47,6 +47,10 @@ pub struct HostArgs {
     /// (x86_64-apple-darwin, x86_64-pc-windows-msvc.exe, ...), offered to volunteers as updates.
     #[arg(long, value_name = "DIR")]
     pub release_dir: Option<PathBuf>,
+    /// The owner's Blender, used to list the files each .blend needs (default: $BLENDER, then `blender` on PATH;
+    /// without one, every .blend travels alone)
+    #[arg(long, value_name = "PATH")]
+    pub blender: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -16,19 +16,19 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Version of the whole blenderdist protocol; peers with another version refuse each other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Identify's protocol string: peers that announce another one are not blenderdist nodes of our version.
-pub const IDENTIFY_PROTOCOL: &str = "/blenderdist/1";
+pub const IDENTIFY_PROTOCOL: &str = "/blenderdist/2";
 /// Gossipsub topic on which an owner announces its jobs.
-pub const OFFER_TOPIC: &str = "blenderdist/offers/1";
+pub const OFFER_TOPIC: &str = "blenderdist/offers/2";
 /// Gossipsub topic on which an owner announces its signed update manifest.
 pub const UPDATE_TOPIC: &str = "blenderdist/updates/1";
 /// Largest signed manifest (a few binaries' hashes and a signature).
 pub const MAX_MANIFEST: usize = 16 * 1024;
 /// Request-response protocol for claims, grants and result notices.
-pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/work/1");
+pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/work/2");
 /// Raw-stream protocol for content-addressed blobs, both directions.
-pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/blob/1");
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/blob/2");
 /// Raw-stream protocol for self-update: the signed manifest and the builds it names. Deliberately unversioned and
 /// frozen (its messages only ever gain variants at the end), so a volunteer can still fetch the owner's new build
 /// when the rest of the protocol has moved to another version.
@@ -44,6 +44,12 @@ pub const MAX_BLOB_HEADER: u32 = 4 * 1024;
 pub const MAX_BLOB_SIZE: u64 = 64 * 1024 * 1024 * 1024;
 /// Longest error text a volunteer may report for a frame.
 pub const MAX_ERROR_TEXT: usize = 8 * 1024;
+/// Largest [`JobManifest`] (CBOR): room for about 100,000 files with long paths.
+pub const MAX_JOB_MANIFEST: u64 = 32 * 1024 * 1024;
+/// Most files one job may carry (the .blend not counted).
+pub const MAX_PROJECT_FILES: usize = 100_000;
+/// Longest path in a [`JobManifest`], in bytes.
+pub const MAX_PROJECT_PATH: usize = 4096;
 
 /// A sha256 digest naming a blob.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -106,14 +112,32 @@ pub struct OfferedJob {
 /// nothing rendered from a job's old .blend is ever taken for its new one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkRequest {
-    /// Ask for up to `slots` frames.
-    Claim { version: u32, slots: u32 },
+    /// Ask for up to `slots` frames; `caps` says what this volunteer's Blender can render.
+    Claim {
+        version: u32,
+        slots: u32,
+        #[serde(default)]
+        caps: Option<VolunteerCaps>,
+    },
     /// A granted frame rendered; its blob is `size` bytes with hash `blob`. The owner answers `Upload` or `Discard`.
     Rendered { job: String, frame: u32, blend: BlobHash, blob: BlobHash, size: u64, ext: String },
     /// A granted frame failed to render.
     Failed { job: String, frame: u32, blend: BlobHash, error: String },
     /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
     Renew { job: String, frame: u32, blend: BlobHash },
+}
+
+/// What a volunteer's Blender can do, measured when it starts; the owner sends it only frames it can render.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VolunteerCaps {
+    /// Blender's version, e.g. `3.4.1`.
+    pub blender: String,
+    /// Blender's build hash, for the record.
+    pub build_hash: String,
+    /// The Cycles device this volunteer renders with (`CPU`, `CUDA`...).
+    pub device: String,
+    /// Whether Blender has OpenImageDenoise (Debian's 3.4 build has not).
+    pub denoiser: bool,
 }
 
 /// Owner → volunteer over [`WORK_PROTOCOL`].
@@ -171,8 +195,132 @@ pub struct SignedManifest {
 pub struct FrameGrant {
     pub job: String,
     pub frame: u32,
+    /// The job's version: the hash of its [`JobManifest`], which names the .blend and every file it needs. Every
+    /// message about the frame repeats it (the `blend` fields of [`WorkRequest`]).
     pub blend: BlobHash,
+    /// Size of the manifest blob.
     pub blend_size: u64,
+}
+
+/// Every file a job needs, by content hash: the .blend and the external files it references (textures, libraries,
+/// caches, fonts...), each under the absolute path it has on the owner's machine. A volunteer lays the files out
+/// under a private folder of its own at those paths (see docs/ARCHITECTURE.md), so the .blend's relative paths
+/// resolve as on the owner's machine; absolute paths inside .blend files are rewritten to point there.
+///
+/// Served as a blob; its hash is the job's version, so a change to any file it lists restarts the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobManifest {
+    pub blend: ProjectFile,
+    pub files: Vec<ProjectFile>,
+    /// Files the .blend references that are missing on the owner's machine too: the owner's own render lacks them
+    /// as well, so volunteers render without them.
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectFile {
+    /// Absolute, `/`-separated path on the owner's machine.
+    pub path: String,
+    pub hash: BlobHash,
+    pub size: u64,
+    pub kind: FileKind,
+}
+
+/// What a project file is; only [`FileKind::Blend`] and [`FileKind::Library`] are treated differently (their
+/// absolute paths are rewritten). Unknown kinds from newer owners read as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Blend,
+    Library,
+    Image,
+    Udim,
+    Sequence,
+    Movie,
+    Cache,
+    Sound,
+    Font,
+    Ies,
+    Volume,
+    Alembic,
+    Script,
+    #[serde(other)]
+    Other,
+}
+
+impl FileKind {
+    /// Whether Blender reads the file as a .blend (and so may hold absolute paths to rewrite).
+    pub fn is_blend(self) -> bool {
+        matches!(self, FileKind::Blend | FileKind::Library)
+    }
+}
+
+/// Why a [`JobManifest`] from the network is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("the job manifest lists {0} files, over the limit of {MAX_PROJECT_FILES}")]
+    TooManyFiles(usize),
+    #[error("the job manifest names an unusable path {0:?}: {1}")]
+    BadPath(String, &'static str),
+    #[error("the job manifest lists {0:?} twice, or as both a file and a folder")]
+    Clash(String),
+    #[error("the job manifest lists a {size}-byte file {path:?}, over the limit")]
+    TooLarge { path: String, size: u64 },
+}
+
+impl JobManifest {
+    /// Every file, the .blend first.
+    pub fn all_files(&self) -> impl Iterator<Item = &ProjectFile> {
+        std::iter::once(&self.blend).chain(self.files.iter())
+    }
+
+    /// Checks what a volunteer must rely on before laying the files out: every path absolute, made of plain
+    /// components (no `.`, `..`, empty or NUL parts), within the length limit, and no path listed twice or under
+    /// another file. A path that passes can be joined under a private folder without leaving it.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.files.len() > MAX_PROJECT_FILES || self.missing.len() > MAX_PROJECT_FILES {
+            return Err(ManifestError::TooManyFiles(self.files.len().max(self.missing.len())));
+        }
+        let mut paths: Vec<&str> = Vec::with_capacity(self.files.len() + 1);
+        for file in self.all_files() {
+            project_path_components(&file.path)?;
+            if file.size > MAX_BLOB_SIZE {
+                return Err(ManifestError::TooLarge { path: file.path.clone(), size: file.size });
+            }
+            paths.push(&file.path);
+        }
+        if self.missing.iter().any(|p| p.len() > MAX_PROJECT_PATH) {
+            return Err(ManifestError::BadPath("(a missing file)".into(), "too long"));
+        }
+        // Sorted, a file that is also a folder of another sits right before its first child.
+        paths.sort_unstable();
+        for pair in paths.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if a == b || b.strip_prefix(a).is_some_and(|rest| rest.starts_with('/')) {
+                return Err(ManifestError::Clash(a.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The components of an absolute project path, refusing any that could leave the folder it is joined under.
+pub fn project_path_components(path: &str) -> Result<Vec<&str>, ManifestError> {
+    let bad = |why| ManifestError::BadPath(path.chars().take(200).collect(), why);
+    if path.len() > MAX_PROJECT_PATH {
+        return Err(bad("too long"));
+    }
+    let Some(rest) = path.strip_prefix('/') else { return Err(bad("not absolute")) };
+    let parts: Vec<&str> = rest.split('/').collect();
+    for part in &parts {
+        if part.is_empty() || *part == "." || *part == ".." {
+            return Err(bad("empty, '.' or '..' component"));
+        }
+        if part.contains('\0') || part.len() > 255 {
+            return Err(bad("NUL in a component, or a component over 255 bytes"));
+        }
+    }
+    Ok(parts)
 }
 
 /// First message on a [`BLOB_PROTOCOL`] stream, from the side that opened it.

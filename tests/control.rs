@@ -201,6 +201,7 @@ async fn a_volunteer_with_several_renderers_renders_frames_at_once() {
         mdns: false,
         renderers: 4,
         updater: None,
+        caps: None,
     };
     let _w = blenderdist::worker::start(config, renderer.clone(), shutdown).unwrap();
     wait_until("all frames", LIMIT, || count(&dirs.renderdir.join("n")) == 8).await;

@@ -91,9 +91,10 @@ async fn forged_results_and_unasked_uploads_are_refused() {
     let answer = client.request(host_id, forged).await.unwrap();
     assert_ne!(answer, WorkResponse::Upload, "a forged result was invited");
     // A path-escaping extension on a frame it was granted.
-    let granted = client.request(host_id, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 }).await.unwrap();
+    let granted =
+        client.request(host_id, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: None }).await.unwrap();
     let WorkResponse::Granted(grants) = granted else { panic!("no grant: {granted:?}") };
-    let frame = grants[0].frame;
+    let (frame, blend) = (grants[0].frame, grants[0].blend);
     let evil = WorkRequest::Rendered { job: "j".into(), frame, blend, blob: hash, size: 5, ext: "/../../x".into() };
     assert!(matches!(client.request(host_id, evil).await.unwrap(), WorkResponse::Refused { .. }));
     // An upload nobody asked for.
@@ -145,7 +146,7 @@ async fn a_frame_rendered_from_a_jobs_old_blend_is_discarded() {
     let (host, _stop_host) = start_host(&dirs).await;
     write_job(&dirs.jobdir, "j", "scene.blend", 1, 1);
     let (client, _events) = raw_peer(&host.addrs[0]);
-    let claim = WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 };
+    let claim = WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: None };
     let old = claim_one_frame(&client, host.peer_id).await.expect("no grant").blend;
     std::fs::write(&blend_path, b"version two").unwrap();
     let log = dirs.jobdir.join("j.log");

@@ -205,7 +205,7 @@ impl BlobPair {
         drain(events);
         let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(1);
         let blob_server = BlobServer::new(dir.join("server-tmp"), arrivals_tx)?;
-        blob_server.serve(hash, src.to_path_buf());
+        blob_server.serve_job("bench", vec![(hash, src.to_path_buf())]);
         blob_server.spawn(server.streams())?;
 
         let (client, events) = net::spawn(NetConfig {

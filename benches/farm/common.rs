@@ -216,6 +216,7 @@ impl Farm {
             mdns: false,
             scheduler: Default::default(),
             release_dir: None,
+            blender: None,
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         Ok(Self { jobdir, renderdir, host, caches: caches.to_path_buf(), volunteers: 0, stop })
@@ -228,6 +229,7 @@ impl Farm {
             mdns: false,
             renderers: 1,
             updater: None,
+            caps: None,
         };
         worker::start(config, renderer, self.stop.clone().cancelled_owned())?;
         self.volunteers += 1;

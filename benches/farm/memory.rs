@@ -59,7 +59,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let peers = connect_peers(&addr, host_peer).await?;
     let rss_peers = proc_status_kib(pid, "VmRSS")?;
     for peer in &peers[..CLAIMERS] {
-        match peer.request(host_peer, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 }).await? {
+        match peer.request(host_peer, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: None }).await? {
             WorkResponse::Granted(frames) if frames.len() == 1 => {}
             other => bail!("a claim was answered {other:?}"),
         }

@@ -55,7 +55,8 @@ pub struct BlobServer {
 
 struct Shared {
     temp_dir: PathBuf,
-    served: Mutex<HashMap<BlobHash, PathBuf>>,
+    /// Per job, the blobs it lets volunteers fetch.
+    served: Mutex<HashMap<String, HashMap<BlobHash, PathBuf>>>,
     /// Several frames may render to identical bytes, so one (peer, hash) can be expected more than once.
     expected: Mutex<HashMap<(PeerId, BlobHash), Vec<ExpectedUpload>>>,
     arrivals: mpsc::Sender<FrameArrived>,
@@ -121,9 +122,15 @@ impl BlobServer {
         })
     }
 
-    /// Serve the file at `path` as the blob `hash`.
-    pub fn serve(&self, hash: BlobHash, path: PathBuf) {
-        lock(&self.inner.served).insert(hash, path);
+    /// Serves exactly these blobs for `job` from now on (the manifest, the .blend and its files); an empty list
+    /// stops serving the job's files. A blob shared by several jobs is served while any of them lists it.
+    pub fn serve_job(&self, job: &str, blobs: Vec<(BlobHash, PathBuf)>) {
+        let mut served = lock(&self.inner.served);
+        if blobs.is_empty() {
+            served.remove(job);
+        } else {
+            served.insert(job.to_string(), blobs.into_iter().collect());
+        }
     }
 
     /// Serves the signed update manifest and the builds it names over [`UPDATE_PROTOCOL`].
@@ -219,7 +226,7 @@ impl BlobServer {
     }
 
     async fn send_blob(&self, peer: PeerId, hash: BlobHash, stream: Stream) -> anyhow::Result<()> {
-        let path = lock(&self.inner.served).get(&hash).cloned();
+        let path = lock(&self.inner.served).values().find_map(|blobs| blobs.get(&hash)).cloned();
         self.send_file_as(peer, hash, path, stream).await
     }
 

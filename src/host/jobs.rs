@@ -4,16 +4,16 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::UNIX_EPOCH,
 };
 
 use tracing::{info, warn};
 
-use super::{jobfile, joblog, Host};
+use super::{jobfile, joblog, project::Prepared, Host};
 use crate::{
     protocol::BlobHash,
-    scheduler::{JobChange, JobDesc},
-    store::{blobs::hash_file, state::JobRecord},
+    scheduler::{JobChange, JobDesc, JobNeeds},
+    store::state::JobRecord,
 };
 
 /// The jobs the host knows, and what it last said about the bad ones.
@@ -21,8 +21,19 @@ use crate::{
 pub struct JobTable {
     jobs: HashMap<String, TrackedJob>,
     errors: HashMap<String, String>,
-    /// sha256 of .blend files by (path, size, mtime), so an unchanged file is never hashed twice.
-    hashes: HashMap<PathBuf, (u64, SystemTime, BlobHash)>,
+    /// Jobs whose project is being prepared in the background.
+    preparing: HashSet<String>,
+    /// What the job log last said about jobs no volunteer can render, so it is said once.
+    waiting: HashMap<String, String>,
+    /// Job names in JOBDIR at the last scan: a preparation that finishes for a job no longer listed is dropped.
+    listed: HashSet<String>,
+}
+
+/// A finished preparation of a job's project, sent back to the event loop.
+pub struct JobPrepared {
+    path: PathBuf,
+    file: jobfile::JobFile,
+    result: Result<Prepared, super::project::PrepareError>,
 }
 
 struct TrackedJob {
@@ -56,7 +67,9 @@ impl JobTable {
 }
 
 impl Host {
-    /// Brings the scheduler in line with JOBDIR. Returns whether anything changed.
+    /// Brings the scheduler in line with JOBDIR: job files that are gone or unusable are dealt with here; every usable
+    /// one has its project prepared in the background ([`Host::on_prepared`] applies the result). Returns whether
+    /// anything changed.
     pub(super) async fn rescan(&mut self) -> bool {
         let jobdir = self.config.jobdir.clone();
         let paths = match jobfile::scan_job_dir(&jobdir) {
@@ -82,9 +95,9 @@ impl Host {
                 continue;
             };
             seen.insert(name.clone());
-            match self.load_job(&path, &jobdir).await {
-                Ok((file, blend, size)) => changed |= self.apply_job(&path, file, blend, size),
-                Err(reason) => changed |= self.reject_job(&name, reason),
+            match jobfile::load_job_file(&path, &jobdir) {
+                Ok(file) => changed |= self.prepare_job(path, file),
+                Err(e) => changed |= self.reject_job(&name, e.to_string()),
             }
         }
         let gone: Vec<String> = self.jobs.jobs.keys().filter(|n| !seen.contains(*n)).cloned().collect();
@@ -93,31 +106,60 @@ impl Host {
             changed = true;
         }
         self.jobs.errors.retain(|name, _| seen.contains(name));
+        self.jobs.listed = seen;
         changed
     }
 
-    async fn load_job(&mut self, path: &Path, jobdir: &Path) -> Result<(jobfile::JobFile, BlobHash, u64), String> {
-        let file = jobfile::load_job_file(path, jobdir).map_err(|e| e.to_string())?;
-        let meta = std::fs::metadata(&file.blend).map_err(|e| format!("cannot read {}: {e}", file.blend.display()))?;
-        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        if let Some((size, seen_mtime, hash)) = self.jobs.hashes.get(&file.blend) {
-            if *size == meta.len() && *seen_mtime == mtime {
-                return Ok((file, *hash, *size));
-            }
+    /// Prepares a job's project in the background, unless a preparation of it is running already. A job whose
+    /// project is known only has its suspension brought up to date here.
+    fn prepare_job(&mut self, path: PathBuf, file: jobfile::JobFile) -> bool {
+        let name = file.name.clone();
+        let changed = self.sync_suspension(&path, &name);
+        if !self.jobs.preparing.insert(name.clone()) {
+            return changed;
         }
-        let (hash, size) = hash_file(&file.blend).await.map_err(|e| e.to_string())?;
-        self.jobs.hashes.insert(file.blend.clone(), (size, mtime, hash));
-        Ok((file, hash, size))
+        let (preparer, done) = (self.preparer.clone(), self.prepared_tx.clone());
+        tokio::spawn(async move {
+            let result = preparer.prepare(&file.blend).await;
+            let _ = done.send(JobPrepared { path, file, result }).await;
+        });
+        changed
     }
 
-    fn apply_job(&mut self, path: &Path, file: jobfile::JobFile, blend: BlobHash, size: u64) -> bool {
+    /// A preparation finished: the job starts, restarts on new files, or stays as it is.
+    pub(super) fn on_prepared(&mut self, prepared: JobPrepared) -> bool {
+        let JobPrepared { path, file, result } = prepared;
+        self.jobs.preparing.remove(&file.name);
+        if !self.jobs.listed.contains(&file.name) {
+            return false;
+        }
+        match result {
+            Ok(project) => self.apply_job(&path, file, project),
+            Err(e) => self.reject_job(&file.name.clone(), e.to_string()),
+        }
+    }
+
+    fn sync_suspension(&mut self, path: &Path, name: &str) -> bool {
+        let suspended = suspend_path(path).exists();
+        let Some(tracked) = self.jobs.jobs.get_mut(name) else { return false };
+        if tracked.suspended == suspended {
+            return false;
+        }
+        tracked.suspended = suspended;
+        self.scheduler.set_suspended(name, suspended);
+        info!("job {name} {}", if suspended { "suspended" } else { "resumed" });
+        true
+    }
+
+    fn apply_job(&mut self, path: &Path, file: jobfile::JobFile, project: Prepared) -> bool {
         let name = file.name.clone();
+        let blend = project.manifest;
         let suspended = suspend_path(path).exists();
         self.jobs.errors.remove(&name);
         let unchanged = self.jobs.jobs.get(&name).is_some_and(|t| t.file == file && t.blend == blend);
         let mut changed = false;
         if !unchanged {
-            if let Err(e) = self.upsert_job(path, &file, blend, size) {
+            if let Err(e) = self.upsert_job(path, &file, &project) {
                 return self.reject_job(&name, e);
             }
             self.jobs.jobs.insert(
@@ -139,7 +181,8 @@ impl Host {
         changed
     }
 
-    fn upsert_job(&mut self, path: &Path, file: &jobfile::JobFile, blend: BlobHash, size: u64) -> Result<(), String> {
+    fn upsert_job(&mut self, path: &Path, file: &jobfile::JobFile, project: &Prepared) -> Result<(), String> {
+        let (blend, size) = (project.manifest, project.manifest_size);
         let record = JobRecord { blend, first: file.first, last: file.last };
         self.state.put_job(&file.name, &record).map_err(|e| e.to_string())?;
         let mut done = self.state.done_frames(&file.name).map_err(|e| e.to_string())?;
@@ -154,9 +197,10 @@ impl Host {
             last: file.last,
             priority: file.priority,
             order: arrival_order(path),
+            needs: JobNeeds { saved_by: project.saved_by, denoiser: project.scene.denoising },
         };
         let (change, _recalls) = self.scheduler.upsert_job(desc, &done);
-        self.blob_server.serve(blend, file.blend.clone());
+        self.blob_server.serve_job(&file.name, project.serve.clone());
         let what = match change {
             JobChange::Added => "accepted",
             JobChange::Updated => "updated",
@@ -164,15 +208,20 @@ impl Host {
             JobChange::Unchanged => return Ok(()),
         };
         let line = format!(
-            "{what}: frames {}..{} of {} (blob {}), {} already done",
+            "{what}: frames {}..{} of {} (version {}), {} already done; {}",
             file.first,
             file.last,
             file.blend.display(),
             blend.short(),
-            done.iter().filter(|f| (file.first..=file.last).contains(*f)).count()
+            done.iter().filter(|f| (file.first..=file.last).contains(*f)).count(),
+            project.summary,
         );
         info!("job {}: {line}", file.name);
         joblog::append(&self.config.jobdir, &file.name, &line);
+        for warning in &project.warnings {
+            warn!("job {}: {warning}", file.name);
+            joblog::append(&self.config.jobdir, &file.name, &format!("warning: {warning}"));
+        }
         Ok(())
     }
 
@@ -192,9 +241,22 @@ impl Host {
 
     fn cancel_job(&mut self, name: &str, why: &str) {
         self.jobs.jobs.remove(name);
+        self.blob_server.serve_job(name, Vec::new());
         let recalls = self.scheduler.remove_job(name);
         info!("job {name} cancelled ({why}); {} frames in flight recalled", recalls.len());
         joblog::append(&self.config.jobdir, name, &format!("cancelled: {why}"));
+    }
+
+    /// Says once in each job's log that no volunteer can render it, and why; the job waits meanwhile.
+    pub(super) fn report_unservable(&mut self) {
+        let now: HashMap<String, String> = self.scheduler.unservable().into_iter().collect();
+        for (job, reason) in &now {
+            if self.jobs.waiting.get(job) != Some(reason) {
+                warn!("job {job} waits: no volunteer can render it: {reason}");
+                joblog::append(&self.config.jobdir, job, &format!("waiting: no volunteer can render it: {reason}"));
+            }
+        }
+        self.jobs.waiting = now;
     }
 
     /// Reports each job's completion once.

@@ -9,6 +9,8 @@ pub mod jobfile;
 pub mod joblog;
 mod jobs;
 mod owner;
+pub mod project;
+mod trace;
 mod watch;
 
 use std::{collections::HashMap, future::Future, path::PathBuf, time::Duration};
@@ -22,10 +24,10 @@ use crate::{
     cli::{parse_addr, HostArgs},
     net::{self, Client, NetConfig, NetEvent, DEFAULT_PORT},
     protocol::{
-        is_frame_extension, truncate_utf8, BlobHash, FrameGrant, JobOffer, OfferedJob, SignedManifest, WorkRequest,
-        WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, PROTOCOL_VERSION,
+        is_frame_extension, truncate_utf8, BlobHash, FrameGrant, JobOffer, OfferedJob, SignedManifest, VolunteerCaps,
+        WorkRequest, WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, PROTOCOL_VERSION,
     },
-    scheduler::{FailOutcome, Grant, Scheduler, SchedulerConfig, Verdict},
+    scheduler::{BlendVersion, FailOutcome, Grant, PeerCaps, Scheduler, SchedulerConfig, Verdict},
     store::{keys, state::StateStore},
     update::host::OwnBinary,
 };
@@ -49,6 +51,8 @@ pub struct HostConfig {
     pub scheduler: SchedulerConfig,
     /// Builds for other platforms, named by target triple, offered to volunteers in the update manifest.
     pub release_dir: Option<PathBuf>,
+    /// The owner's Blender, which lists the files each .blend needs; None sends every .blend alone.
+    pub blender: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -67,6 +71,7 @@ impl HostConfig {
             mdns: !args.no_mdns,
             scheduler: SchedulerConfig::default(),
             release_dir: args.release_dir,
+            blender: owners_blender(args.blender),
         })
     }
 }
@@ -178,7 +183,12 @@ pub async fn start(
     blob_server.spawn(client.streams())?;
     blob_server.serve_updates(manifest.clone(), builds.into_iter().map(|(b, path)| (b.hash, path)).collect());
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
+    let preparer = project::Preparer::new(config.blender.clone(), &config.state_dir.join("projects"))
+        .with_context(|| format!("cannot prepare {}", config.state_dir.join("projects").display()))?;
+    let (prepared_tx, prepared) = mpsc::channel(16);
     let mut host = Host {
+        preparer: std::sync::Arc::new(preparer),
+        prepared_tx,
         scheduler: Scheduler::new(config.scheduler),
         jobs: jobs::JobTable::default(),
         blob_server,
@@ -195,8 +205,17 @@ pub async fn start(
         host.on_net_event(event).await;
     }
     info!("host {peer_id} watching {}", host.config.jobdir.display());
-    let task = tokio::spawn(async move { host.run(events, arrivals, watcher, shutdown).await });
+    let task = tokio::spawn(async move { host.run(events, arrivals, prepared, watcher, shutdown).await });
     Ok(RunningHost { peer_id, addrs, task, own })
+}
+
+/// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.
+fn owners_blender(flag: Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(program) = flag.or_else(|| std::env::var_os("BLENDER").map(PathBuf::from)) {
+        return Some(program);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("blender")).find(|p| p.is_file()).map(|_| PathBuf::from("blender"))
 }
 
 fn check_dir(dir: &std::path::Path, what: &str) -> anyhow::Result<()> {
@@ -211,6 +230,14 @@ fn best_addr(addrs: &[Multiaddr]) -> Option<&Multiaddr> {
     addrs.iter().find(|a| !is_loopback(a)).or(addrs.first())
 }
 
+/// What the scheduler needs of a volunteer's reported capabilities; a version it cannot read counts as unknown.
+fn peer_caps(caps: VolunteerCaps) -> Option<PeerCaps> {
+    let mut text = caps.blender;
+    truncate_utf8(&mut text, 64);
+    let blender = BlendVersion::from_blender_version_string(&text)?;
+    Some(PeerCaps { blender, blender_text: text, denoiser: caps.denoiser })
+}
+
 fn to_wire(g: Grant) -> FrameGrant {
     FrameGrant { job: g.job, frame: g.frame, blend: g.blend, blend_size: g.blend_size }
 }
@@ -222,6 +249,10 @@ struct Host {
     scheduler: Scheduler<PeerId>,
     jobs: jobs::JobTable,
     blob_server: BlobServer,
+    /// Prepares jobs' projects (finds, hashes and lists their files) in background tasks.
+    preparer: std::sync::Arc<project::Preparer>,
+    /// Where those tasks send their results.
+    prepared_tx: mpsc::Sender<jobs::JobPrepared>,
     /// When each frame was last granted, to log how long it took.
     grant_times: HashMap<(String, u32), Instant>,
     offer_seq: u64,
@@ -238,6 +269,7 @@ impl Host {
         mut self,
         mut events: mpsc::Receiver<NetEvent>,
         mut arrivals: mpsc::Receiver<FrameArrived>,
+        mut prepared: mpsc::Receiver<jobs::JobPrepared>,
         mut watcher: watch::JobDirWatcher,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -253,9 +285,12 @@ impl Host {
                 }
                 Some(event) = events.recv() => self.on_net_event(event).await,
                 Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival),
+                // A job's project was prepared (or failed to be) in the background.
+                Some(done) = prepared.recv() => self.offer_now |= self.on_prepared(done),
                 // A change in JOBDIR (or the periodic fallback for file systems notify cannot watch).
                 _ = watcher.changed() => self.offer_now |= self.rescan().await,
                 _ = tick.tick() => {
+                    self.report_unservable();
                     for recall in self.scheduler.tick(Instant::now().into_std()) {
                         info!("lease of frame {} of {} held by {} expired; requeued", recall.frame, recall.job, recall.peer);
                         self.offer_now = true;
@@ -307,7 +342,10 @@ impl Host {
             WorkRequest::Claim { version, .. } if version != PROTOCOL_VERSION => WorkResponse::Refused {
                 reason: format!("this host speaks protocol version {PROTOCOL_VERSION}, the volunteer {version}"),
             },
-            WorkRequest::Claim { slots, .. } => {
+            WorkRequest::Claim { slots, caps, .. } => {
+                if let Some(caps) = caps.and_then(peer_caps) {
+                    self.scheduler.set_caps(&peer, caps);
+                }
                 let now = Instant::now();
                 let grants = self.scheduler.claim(&peer, slots.clamp(1, MAX_CLAIM_SLOTS), now.into_std());
                 if grants.is_empty() {

@@ -16,6 +16,7 @@ use std::{
 };
 
 use super::session::{Launch, Limits, Session};
+use crate::protocol::VolunteerCaps;
 
 /// The driver Blender runs; written next to the cache so Blender can read it.
 pub const DRIVER_PY: &str = include_str!("driver.py");
@@ -26,6 +27,9 @@ pub struct RenderRequest {
     pub frame: u32,
     /// An empty folder for this frame's output.
     pub out_dir: PathBuf,
+    /// Files the .blend references that may be missing (they are missing on the owner's machine too); any other
+    /// missing file fails the frame rather than render it differently from the owner.
+    pub allowed_missing: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +80,45 @@ pub struct BlenderRenderer {
     launch: Launch,
     options: BlenderOptions,
     idle: Mutex<Vec<Session>>,
+    caps: VolunteerCaps,
+}
+
+/// Prints what a Blender can do as one marked JSON line.
+const PROBE_PY: &str = "import bpy, json; print('@@BLENDERDIST-CAPS@@ ' + json.dumps({'blender': \
+    bpy.app.version_string, 'build_hash': bpy.app.build_hash.decode(errors='replace'), \
+    'denoiser': bool(getattr(bpy.app.build_options, 'openimagedenoise', False))}))";
+
+/// Starts `program` once to learn its version and what it was built with (one second, at start).
+async fn probe(program: &Path) -> Result<VolunteerCaps, RenderError> {
+    let output = tokio::process::Command::new(program)
+        .args(["-b", "--factory-startup", "--disable-autoexec", "--python-expr", PROBE_PY])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| RenderError::new(format!("cannot run Blender at {}: {e}", program.display())))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("@@BLENDERDIST-CAPS@@ "));
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        blender: String,
+        build_hash: String,
+        denoiser: bool,
+    }
+    let Some(found) = line.and_then(|l| serde_json::from_str::<Probe>(l).ok()) else {
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        return Err(RenderError::new(format!(
+            "{} does not run as Blender ({}): {}",
+            program.display(),
+            output.status,
+            tail.join(" | ")
+        )));
+    };
+    Ok(VolunteerCaps {
+        blender: found.blender,
+        build_hash: found.build_hash,
+        device: "CPU".into(),
+        denoiser: found.denoiser,
+    })
 }
 
 impl BlenderRenderer {
@@ -88,17 +131,14 @@ impl BlenderRenderer {
         tokio::fs::write(&driver, DRIVER_PY)
             .await
             .map_err(|e| RenderError::new(format!("cannot write {}: {e}", driver.display())))?;
-        let version = tokio::process::Command::new(&program)
-            .arg("--version")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| RenderError::new(format!("cannot run Blender at {}: {e}", program.display())))?;
-        if !version.status.success() {
-            return Err(RenderError::new(format!("{} --version failed", program.display())));
-        }
+        let caps = probe(&program).await?;
         let launch = Launch { program, driver, threads: options.threads };
-        Ok(Self { launch, options, idle: Mutex::new(Vec::new()) })
+        Ok(Self { launch, options, idle: Mutex::new(Vec::new()), caps })
+    }
+
+    /// What this Blender can do, measured at start.
+    pub fn caps(&self) -> &VolunteerCaps {
+        &self.caps
     }
 
     /// `--blender`, else `$BLENDER`, else `blender` on PATH.
@@ -132,7 +172,7 @@ impl Renderer for BlenderRenderer {
     async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
         let mut session = match self.take_idle(&request.blend) {
             Some(session) => session,
-            None => Session::start(&self.launch, &request.blend).await?,
+            None => Session::start(&self.launch, &request.blend, &request.allowed_missing).await?,
         };
         let out_stem = request.out_dir.join(format!("frame_{:04}", request.frame));
         // Dropping this future (a recalled frame) drops the session, which kills its Blender.

@@ -103,6 +103,17 @@ def prepare(scene):
     r.use_file_extension = False
 
 
+def redirect_file_outputs(scene, out_dir):
+    """Compositor File Output nodes write where their own path says, often
+    next to the .blend: on a volunteer that is the job's cached files. Point
+    every one of them into this frame's private folder instead."""
+    tree = scene.node_tree if scene.use_nodes else None
+    if tree is None:
+        return
+    for i, node in enumerate(n for n in tree.nodes if n.type == "OUTPUT_FILE"):
+        node.base_path = os.path.join(out_dir, "file_outputs", str(i)) + os.sep
+
+
 def render_one(scene, req):
     frame = req.get("frame")
     out = req.get("out")
@@ -118,6 +129,7 @@ def render_one(scene, req):
     if os.path.lexists(path):
         os.remove(path)
 
+    redirect_file_outputs(scene, os.path.dirname(out))
     scene.frame_set(frame)
     # write_still writes to render.filepath verbatim here: no '#' expansion,
     # and no extension change because use_file_extension is off.

@@ -17,7 +17,7 @@ use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
 pub struct FakeRenderer {
     pub delay: Duration,
     pub fail: HashSet<u32>,
-    /// Every (blend file name, frame) this renderer was asked for, in order.
+    /// Every (blend content hash, frame) this renderer was asked for, in order.
     pub rendered: Mutex<Vec<(String, u32)>>,
     active: AtomicUsize,
     peak: AtomicUsize,
@@ -28,7 +28,8 @@ impl FakeRenderer {
         Self { delay, ..Self::default() }
     }
 
-    /// The bytes the fake writes for `frame` of the .blend `blend_name`, so tests can check what arrived.
+    /// The bytes the fake writes for `frame` of the .blend whose content hash is `blend_name` (hex), so tests can
+    /// check what arrived.
     pub fn content(blend_name: &str, frame: u32) -> Vec<u8> {
         format!("fake frame {frame} of {blend_name}\n").into_bytes()
     }
@@ -50,7 +51,11 @@ impl FakeRenderer {
 
 impl Renderer for FakeRenderer {
     async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
-        let name = request.blend.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // Named by the .blend's content hash, as the file is laid out under its owner's name on every version.
+        let name = match tokio::fs::read(&request.blend).await {
+            Ok(bytes) => crate::protocol::BlobHash::of_bytes(&bytes).to_hex(),
+            Err(e) => return Err(RenderError::new(format!("cannot read {}: {e}", request.blend.display()))),
+        };
         if let Ok(mut v) = self.rendered.lock() {
             v.push((name.clone(), request.frame));
         }

@@ -1,4 +1,4 @@
-//! One granted frame on a volunteer: fetch the .blend (once, into the cache), render it while renewing the lease,
+//! One granted frame on a volunteer: fetch the job's files (once, into the cache), render while renewing the lease,
 //! then return the result: a notice, the blob pushed over a stream, and the owner's acknowledgement.
 
 use std::{
@@ -12,7 +12,10 @@ use libp2p::PeerId;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
+use super::{
+    blender::{RenderError, RenderRequest, RenderedFrame, Renderer},
+    project::{self, Layout},
+};
 use crate::{
     net::Client,
     protocol::{
@@ -61,11 +64,15 @@ impl<E: Into<anyhow::Error>> From<E> for Exchange {
 /// What every render slot of a volunteer shares.
 pub(super) struct Slot<R> {
     pub client: Client,
+    /// The volunteer's cache folder, which holds the blob store and the projects' layouts.
+    pub cache_dir: PathBuf,
     pub blobs: Arc<BlobStore>,
     pub renderer: Arc<R>,
     pub work_dir: PathBuf,
     pub fetching: tokio::sync::Mutex<()>,
     pub next_dir: std::sync::atomic::AtomicU64,
+    /// Sent with every claim.
+    pub caps: Option<crate::protocol::VolunteerCaps>,
 }
 
 impl<R: Renderer> Slot<R> {
@@ -74,13 +81,13 @@ impl<R: Renderer> Slot<R> {
     pub async fn render_granted(
         &self,
         grant: &FrameGrant,
-        blend: anyhow::Result<PathBuf>,
+        project: anyhow::Result<Layout>,
         recalled: &CancellationToken,
         out_dir: &Path,
     ) -> Result<Option<RenderedFrame>, RenderError> {
-        match blend {
-            Ok(blend) => self.render(grant, blend, recalled, out_dir).await,
-            Err(e) => Err(RenderError::new(format!("could not fetch the .blend: {e:#}"))),
+        match project {
+            Ok(layout) => self.render(grant, layout, recalled, out_dir).await,
+            Err(e) => Err(RenderError::new(format!("could not fetch the job's files: {e:#}"))),
         }
     }
 
@@ -119,25 +126,43 @@ impl<R: Renderer> Slot<R> {
         self.work_dir.join(format!("{n}-{}-{}", grant.blend.short(), grant.frame))
     }
 
-    /// The .blend from the cache, fetched from `host` and verified first if it is not there yet.
-    pub async fn fetch_blend(&self, host: PeerId, grant: &FrameGrant) -> anyhow::Result<PathBuf> {
-        // One fetch at a time per volunteer: slots asking for the same .blend wait for the first to finish.
-        let _fetching = self.fetching.lock().await;
-        if self.blobs.contains(&grant.blend) {
-            return Ok(self.blobs.path(&grant.blend));
+    /// The job's files laid out for Blender: from the cache when this version of the job was laid out before,
+    /// otherwise the manifest and every file the cache lacks are fetched from `host` and verified first.
+    pub async fn fetch_project(&self, host: PeerId, grant: &FrameGrant) -> anyhow::Result<Layout> {
+        if let Some(layout) = project::existing_layout(&self.cache_dir, grant, &self.blobs) {
+            return Ok(layout);
         }
-        info!("fetching .blend {} ({} bytes) from {host}", grant.blend.short(), grant.blend_size);
-        with_retries("fetching the .blend", || async {
+        // One layout at a time per volunteer: slots asking for the same job wait for the first to finish.
+        let _fetching = self.fetching.lock().await;
+        if let Some(layout) = project::existing_layout(&self.cache_dir, grant, &self.blobs) {
+            return Ok(layout);
+        }
+        let manifest_path = self.fetch_blob(host, grant.blend, grant.blend_size).await?;
+        let manifest = project::read_manifest(&manifest_path)?;
+        info!("fetching the files of {} (version {}) from {host}", grant.job, grant.blend.short());
+        project::fetch_missing(&manifest, &self.blobs, |hash, size| self.fetch_blob(host, hash, size)).await?;
+        let (cache, blobs, hash) = (self.cache_dir.clone(), self.blobs.clone(), grant.blend);
+        tokio::task::spawn_blocking(move || project::lay_out(&cache, &hash, &manifest, &blobs))
+            .await
+            .map_err(|e| anyhow::anyhow!("laying out the job's files stopped: {e}"))?
+    }
+
+    /// A blob from the cache, fetched from `host` and verified first if it is not there yet.
+    async fn fetch_blob(&self, host: PeerId, hash: BlobHash, expected: u64) -> anyhow::Result<PathBuf> {
+        if self.blobs.contains(&hash) {
+            return Ok(self.blobs.path(&hash));
+        }
+        debug!("fetching blob {} ({expected} bytes) from {host}", hash.short());
+        with_retries("fetching a blob", || async {
             let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
-            write_header(&mut stream, &BlobRequest::Get { hash: grant.blend }).await?;
+            write_header(&mut stream, &BlobRequest::Get { hash }).await?;
             match read_header(&mut stream).await? {
-                BlobReply::Found { size } if size == grant.blend_size => {
-                    Ok(self.blobs.receive(&grant.blend, size, &mut stream).await?)
+                BlobReply::Found { size } if size == expected => {
+                    Ok(self.blobs.receive(&hash, size, &mut stream).await?)
                 }
-                BlobReply::Found { size } => Err(Exchange::Final(anyhow::anyhow!(
-                    "the host offers {size} bytes for a {}-byte blob",
-                    grant.blend_size
-                ))),
+                BlobReply::Found { size } => {
+                    Err(Exchange::Final(anyhow::anyhow!("the host offers {size} bytes for a {expected}-byte blob")))
+                }
                 other => Err(Exchange::Final(anyhow::anyhow!("the host answered {other:?}"))),
             }
         })
@@ -149,7 +174,7 @@ impl<R: Renderer> Slot<R> {
     async fn render(
         &self,
         grant: &FrameGrant,
-        blend: PathBuf,
+        layout: Layout,
         recalled: &CancellationToken,
         out_dir: &Path,
     ) -> Result<Option<RenderedFrame>, RenderError> {
@@ -157,7 +182,8 @@ impl<R: Renderer> Slot<R> {
         tokio::fs::create_dir_all(&out_dir)
             .await
             .map_err(|e| RenderError::new(format!("cannot create {}: {e}", out_dir.display())))?;
-        let request = RenderRequest { blend, frame: grant.frame, out_dir };
+        let request =
+            RenderRequest { blend: layout.blend, frame: grant.frame, out_dir, allowed_missing: layout.allowed_missing };
         tokio::select! {
             result = self.renderer.render(&request) => result.map(Some),
             _ = recalled.cancelled() => Ok(None),

@@ -7,6 +7,7 @@ mod events;
 pub mod fake;
 mod frame;
 mod leases;
+mod project;
 mod session;
 mod slots;
 
@@ -37,6 +38,8 @@ pub struct WorkerConfig {
     pub renderers: u32,
     /// Self-update; `None` ignores every manifest (in-process tests).
     pub updater: Option<Arc<Updater>>,
+    /// What this volunteer's Blender can do, told to owners with every claim; `None` (the fake renderer) says nothing.
+    pub caps: Option<crate::protocol::VolunteerCaps>,
 }
 
 pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -59,6 +62,12 @@ pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send +
         keep_open: args.renderers as usize,
     };
     let renderer = BlenderRenderer::new(program, options, &cache_dir.join("driver")).await?;
+    info!(
+        "Blender {} (build {}), denoiser: {}",
+        renderer.caps().blender,
+        renderer.caps().build_hash,
+        renderer.caps().denoiser
+    );
     if bootstrap.is_empty() && args.no_mdns {
         anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
     }
@@ -73,6 +82,7 @@ pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send +
         mdns: !args.no_mdns,
         renderers: args.renderers,
         updater: Some(updater.clone()),
+        caps: Some(renderer.caps().clone()),
     };
     // Asked to stop, the volunteer stops, even with an update staged: it must not restart itself instead.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -118,11 +128,13 @@ pub fn start<R: Renderer>(
     let offers = Arc::new(Notify::new());
     let slot = Arc::new(frame::Slot {
         client: client.clone(),
+        cache_dir: config.cache_dir.clone(),
         blobs: Arc::new(blobs),
         renderer: Arc::new(renderer),
         work_dir,
         fetching: tokio::sync::Mutex::new(()),
         next_dir: Default::default(),
+        caps: config.caps.clone(),
     });
     let leases = Leases::default();
     let (draining_tx, draining) = watch::channel(false);

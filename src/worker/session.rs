@@ -79,7 +79,7 @@ pub struct Session {
 
 impl Session {
     /// Starts Blender on `blend` and waits for the driver's ready line.
-    pub async fn start(launch: &Launch, blend: &Path) -> Result<Self, RenderError> {
+    pub async fn start(launch: &Launch, blend: &Path, allowed_missing: &[String]) -> Result<Self, RenderError> {
         let mut cmd = tokio::process::Command::new(&launch.program);
         // Order matters to Blender: the file first, then what applies to it; --python-exit-code before --python.
         cmd.arg("-b").arg("--factory-startup").arg("--disable-autoexec").arg(blend);
@@ -113,7 +113,7 @@ impl Session {
             let error = ready.error.unwrap_or_else(|| "no reason given".into());
             return Err(session.fail(format!("Blender could not start rendering: {error}")).await);
         }
-        session.missing = ready.missing_files;
+        session.missing = ready.missing_files.into_iter().filter(|m| !allowed_missing.contains(m)).collect();
         Ok(session)
     }
 
@@ -127,7 +127,7 @@ impl Session {
     ) -> Result<RenderedFrame, (RenderError, bool)> {
         if !self.missing.is_empty() {
             let message = format!(
-                "the .blend uses files that are not packed into it (Blender would render them pink): {}",
+                "the .blend uses files that did not arrive with the job (Blender would render without them): {}",
                 self.missing.join(", ")
             );
             return Err((RenderError::new(message), true));

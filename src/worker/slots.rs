@@ -2,7 +2,7 @@
 //! uploads the previous frame meanwhile. When the volunteer drains (an update is staged) slots take no new frame
 //! and end once their frames in flight are delivered.
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use libp2p::PeerId;
 use tokio::sync::{watch, Notify};
@@ -47,14 +47,14 @@ pub(super) async fn slot_loop<R: Renderer>(
                 }
             },
         };
-        let Prepared { host, grant, blend, recalled } = current;
+        let Prepared { host, grant, project, recalled } = current;
         // The next frame is claimed and its .blend fetched while this one renders.
         let prefetch = {
             let (slot, leases, signals) = (slot.clone(), leases.clone(), signals.clone());
             tokio::spawn(async move { claim_one(&slot, &leases, &signals).await })
         };
         let dir = slot.new_frame_dir(&grant);
-        let outcome = slot.render_granted(&grant, blend, &recalled, &dir).await;
+        let outcome = slot.render_granted(&grant, project, &recalled, &dir).await;
         // One upload in flight per slot: a slow link slows the slot down instead of piling up frames.
         if let Some(previous) = delivering.take() {
             let _ = previous.await;
@@ -68,11 +68,11 @@ pub(super) async fn slot_loop<R: Renderer>(
     }
 }
 
-/// A granted frame with its .blend fetched (or the reason it could not be).
+/// A granted frame with its job's files laid out (or the reason they could not be).
 struct Prepared {
     host: PeerId,
     grant: FrameGrant,
-    blend: anyhow::Result<PathBuf>,
+    project: anyhow::Result<super::project::Layout>,
     recalled: CancellationToken,
 }
 
@@ -83,14 +83,18 @@ async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals:
     }
     let known: Vec<PeerId> = signals.hosts.borrow().iter().copied().collect();
     for host in known {
-        match slot.client.request(host, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 }).await {
+        match slot
+            .client
+            .request(host, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: slot.caps.clone() })
+            .await
+        {
             Ok(WorkResponse::Granted(grants)) => {
                 let mut grants = grants.into_iter();
                 let grant = grants.next()?;
                 // We asked for one; any extra frame would only wait for its lease to run out.
                 let recalled = leases.hold(host, &grant);
-                let blend = slot.fetch_blend(host, &grant).await;
-                return Some(Prepared { host, grant, blend, recalled });
+                let project = slot.fetch_project(host, &grant).await;
+                return Some(Prepared { host, grant, project, recalled });
             }
             Ok(WorkResponse::Refused { reason }) => warn!("host {host} refused work: {reason}"),
             Ok(WorkResponse::NoWork) => {}
