@@ -68,11 +68,11 @@ pub fn spawn_isolated_volunteer(hidden: &[&Path], cache: &Path, addr: &str, extr
 
 pub fn skip_without_blender() -> bool {
     if !blender_available() {
-        eprintln!("SKIPPED: blender is not installed (CI installs it: apt-get install -y blender)");
+        skip("blender is not installed (CI installs it: apt-get install -y blender)");
         return true;
     }
     if !can_hide_folders() {
-        eprintln!("SKIPPED: needs root for `unshare -m` to hide JOBDIR from volunteers");
+        skip("needs root for `unshare -m` to hide JOBDIR from volunteers");
         return true;
     }
     false

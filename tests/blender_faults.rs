@@ -26,13 +26,13 @@ fn mtimes(dir: &Path) -> HashMap<String, SystemTime> {
         .collect()
 }
 
-fn skip() -> bool {
+fn skip_test() -> bool {
     skip_without_blender()
 }
 
 #[test]
 fn a_host_killed_with_sigkill_resumes_from_its_durable_state() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();
@@ -78,7 +78,7 @@ fn a_host_killed_with_sigkill_resumes_from_its_durable_state() {
 
 #[test]
 fn a_volunteer_killed_mid_job_loses_no_frame() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();
@@ -102,7 +102,7 @@ fn a_volunteer_killed_mid_job_loses_no_frame() {
 
 #[test]
 fn suspending_a_real_job_holds_it_and_removing_the_file_resumes_it() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();
@@ -126,7 +126,7 @@ fn suspending_a_real_job_holds_it_and_removing_the_file_resumes_it() {
 
 #[test]
 fn files_blender_cannot_render_are_reported_with_blenders_own_words() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();
@@ -155,7 +155,7 @@ fn files_blender_cannot_render_are_reported_with_blenders_own_words() {
 
 #[test]
 fn movie_formats_become_png_frames_and_exr_stays_exr() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();
@@ -215,7 +215,7 @@ fn blender_children(pid: u32) -> Vec<u32> {
 
 #[test]
 fn a_blender_that_dies_mid_job_fails_only_its_frame_and_is_restarted() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();
@@ -244,7 +244,7 @@ fn a_blender_that_dies_mid_job_fails_only_its_frame_and_is_restarted() {
 
 #[test]
 fn frame_time_and_memory_limits_stop_blender_and_say_why() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let slow = Dirs::new();

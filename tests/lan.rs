@@ -42,7 +42,7 @@ impl Lan {
         ];
         for step in steps {
             if !ip(&step) {
-                eprintln!("SKIPPED: `ip {}` failed (needs root and iproute2)", step.join(" "));
+                skip(&format!("`ip {}` failed (needs root and iproute2)", step.join(" ")));
                 return None;
             }
         }
@@ -60,7 +60,7 @@ impl Drop for Lan {
 #[test]
 fn a_volunteer_with_no_address_finds_the_host_by_mdns_over_a_veth_pair() {
     if !blender_available() {
-        eprintln!("SKIPPED: blender is not installed");
+        skip("blender is not installed");
         return;
     }
     let Some(lan) = Lan::new() else { return };

@@ -9,4 +9,5 @@ mod control;
 mod farm;
 mod hostile;
 mod lan;
+mod projects;
 mod update;

@@ -77,9 +77,9 @@ fn free_listen() -> String {
     format!("127.0.0.1:{port}")
 }
 
-fn skip() -> bool {
+fn skip_test() -> bool {
     if !blender_available() {
-        eprintln!("SKIPPED: blender is not installed");
+        skip("blender is not installed");
         return true;
     }
     false
@@ -91,7 +91,7 @@ fn alive(p: &mut Proc) -> bool {
 
 #[test]
 fn a_host_relaunches_on_a_new_build_and_its_volunteers_follow() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();
@@ -126,7 +126,7 @@ fn a_host_relaunches_on_a_new_build_and_its_volunteers_follow() {
 
 #[test]
 fn a_new_build_that_fails_its_self_check_is_not_switched_to() {
-    if skip() {
+    if skip_test() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -158,7 +158,7 @@ fn a_new_build_that_fails_its_self_check_is_not_switched_to() {
 
 #[test]
 fn no_auto_updates_keeps_the_program_and_keeps_working() {
-    if skip() {
+    if skip_test() {
         return;
     }
     let dirs = Dirs::new();

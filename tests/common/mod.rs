@@ -16,6 +16,15 @@ use libp2p::Multiaddr;
 /// The binary under test, built once by cargo for the whole test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_blenderdist");
 
+/// Skips a test that needs something this machine lacks, saying so. Under CI (`CI` set) it fails instead: CI runs
+/// as root with Blender installed, so a skip there means a broken install step, not a missing capability.
+pub fn skip(reason: &str) {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0") {
+        panic!("this test would be SKIPPED under CI: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
 /// Waits for `cond` to hold, polling; panics with `what` after `limit`. A deadline against hangs, not a speed check.
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -83,6 +92,7 @@ impl Dirs {
             mdns: false,
             scheduler: Default::default(),
             release_dir: None,
+            blender: None,
         }
     }
 }
@@ -114,9 +124,19 @@ pub fn start_fake_worker(
     bootstrap: Multiaddr,
     renderer: impl blenderdist::worker::blender::Renderer,
 ) -> (tokio::task::JoinHandle<anyhow::Result<()>>, tokio::sync::oneshot::Sender<()>) {
+    start_fake_worker_with(cache, bootstrap, renderer, None)
+}
+
+/// [`start_fake_worker`] that reports these Blender capabilities with its claims.
+pub fn start_fake_worker_with(
+    cache: PathBuf,
+    bootstrap: Multiaddr,
+    renderer: impl blenderdist::worker::blender::Renderer,
+    caps: Option<blenderdist::protocol::VolunteerCaps>,
+) -> (tokio::task::JoinHandle<anyhow::Result<()>>, tokio::sync::oneshot::Sender<()>) {
     let (stop, shutdown) = shutdown_switch();
     let config =
-        WorkerConfig { cache_dir: cache, bootstrap: vec![bootstrap], mdns: false, renderers: 1, updater: None };
+        WorkerConfig { cache_dir: cache, bootstrap: vec![bootstrap], mdns: false, renderers: 1, updater: None, caps };
     (worker::start(config, renderer, shutdown).unwrap(), stop)
 }
 
@@ -225,7 +245,7 @@ pub async fn claim_one_frame(
 ) -> Option<blenderdist::protocol::FrameGrant> {
     use blenderdist::protocol::{WorkRequest, WorkResponse, PROTOCOL_VERSION};
     for _ in 0..100 {
-        let claim = WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1 };
+        let claim = WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: None };
         if let Ok(WorkResponse::Granted(grants)) = client.request(host, claim).await {
             return grants.into_iter().next();
         }

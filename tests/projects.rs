@@ -1,0 +1,161 @@
+//! Real projects: .blend files that use textures, libraries, caches, fonts and other files beside them. The host
+//! finds them with its Blender, volunteers that cannot see the owner's folders receive them and lay them out, and the
+//! frames match what plain `blender -b -a` renders on the owner's machine, pixel for pixel.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use blenderdist::{protocol::VolunteerCaps, worker::fake::FakeRenderer};
+
+use crate::{blender_e2e::*, common::*};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// Generates the artist's project under `dir` with `scripts/make_project.py`; returns the main .blend.
+fn make_project(dir: &Path, kind: &str) -> PathBuf {
+    let script = script("make_project.py");
+    let out = Command::new("blender")
+        .args(["-b", "--factory-startup", "--python-exit-code", "1", "--python", &script, "--"])
+        .arg(dir)
+        .args(["--kind", kind])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "make_project.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let main = stdout.lines().rev().find_map(|l| l.strip_prefix("MAIN: ")).expect("no MAIN: line");
+    PathBuf::from(main.trim())
+}
+
+/// Blobs in a volunteer's cache.
+fn cached_blobs(cache: &Path) -> usize {
+    files_in(&cache.join("blobs")).iter().filter(|n| n.len() == 64).count()
+}
+
+fn job_log(dirs: &Dirs, job: &str) -> String {
+    std::fs::read_to_string(dirs.jobdir.join(format!("{job}.log"))).unwrap_or_default()
+}
+
+/// Renders a project on the farm (host + two volunteers that see neither JOBDIR nor the artist's folder) and
+/// compares it with plain Blender.
+fn render_project_on_the_farm(kind: &str, frames: u32) -> (Dirs, String) {
+    let dirs = Dirs::new();
+    let artist = dirs.root.path().join("artist home");
+    let main = make_project(&artist, kind);
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&main, &baseline);
+
+    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
+    let _a = spawn_isolated_volunteer(&hidden, &dirs.cache("a"), &addr, &[]);
+    let _b = spawn_isolated_volunteer(&hidden, &dirs.cache("b"), &addr, &[]);
+    write_job(&dirs.jobdir, "shot", &main.to_string_lossy(), 1, frames);
+
+    let out = dirs.renderdir.join("shot");
+    let names = frame_names(1, frames, "png");
+    wait_until_blocking("every frame", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
+    let log = job_log(&dirs, "shot");
+    assert!(!log.contains("failed"), "{log}");
+    assert_same_pixels(&baseline, &out, &names);
+    (dirs, log)
+}
+
+#[test]
+fn a_project_with_external_files_of_every_kind_renders_as_blender_does() {
+    if skip_without_blender() {
+        return;
+    }
+    let (_dirs, log) = render_project_on_the_farm("all", 3);
+    assert!(log.contains("carries "), "the job log should say what the job carries:\n{log}");
+    for kind in ["image", "library", "UDIM tile", "sequence file", "cache file", "font", "IES file"] {
+        assert!(log.contains(kind), "the job log should count the {kind}s:\n{log}");
+    }
+    assert!(log.contains("missing on the owner's machine too"), "the missing texture should be named:\n{log}");
+}
+
+#[test]
+fn a_sequencer_project_renders_as_blender_does() {
+    if skip_without_blender() {
+        return;
+    }
+    let (_dirs, log) = render_project_on_the_farm("sequencer", 3);
+    assert!(log.contains("carries "), "{log}");
+}
+
+#[test]
+fn a_changed_texture_restarts_the_job_and_only_the_texture_travels_again() {
+    if skip_without_blender() {
+        return;
+    }
+    let dirs = Dirs::new();
+    let artist = dirs.root.path().join("artist");
+    let main = make_project(&artist, "textures");
+    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
+    let cache = dirs.cache("a");
+    let _a = spawn_isolated_volunteer(&hidden, &cache, &addr, &[]);
+    write_job(&dirs.jobdir, "shot", &main.to_string_lossy(), 1, 2);
+    let out = dirs.renderdir.join("shot");
+    let names = frame_names(1, 2, "png");
+    wait_until_blocking("both frames", LIMIT, || files_in(&out) == names);
+    wait_until_blocking("the finished line", LIMIT, || job_log(&dirs, "shot").contains("finished"));
+    let before = cached_blobs(&cache);
+
+    // The artist repaints one texture.
+    let texture = main.parent().unwrap().join("textures").join("wood.png");
+    assert!(texture.is_file(), "the project has no {}", texture.display());
+    write_png(&texture, [250, 20, 200]);
+    wait_until_blocking("the restart", LIMIT, || job_log(&dirs, "shot").contains("restarted"));
+    wait_until_blocking("the second finished line", LIMIT, || job_log(&dirs, "shot").matches("finished").count() >= 2);
+
+    // The new frames show the new texture, as plain Blender renders it now.
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&main, &baseline);
+    assert_same_pixels(&baseline, &out, &names);
+    // Only the texture and the job's new manifest travelled.
+    assert_eq!(cached_blobs(&cache), before + 2, "more than the changed texture was fetched again");
+}
+
+/// A solid 16x16 PNG.
+fn write_png(path: &Path, rgb: [u8; 3]) {
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).unwrap();
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), 16, 16);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(&rgb.repeat(256)).unwrap();
+    writer.finish().unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+fn caps(version: &str) -> Option<VolunteerCaps> {
+    Some(VolunteerCaps { blender: version.into(), build_hash: "test".into(), device: "CPU".into(), denoiser: false })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_saved_by_a_newer_blender_waits_for_a_volunteer_that_can_open_it() {
+    let dirs = Dirs::new();
+    // The header of a file saved by Blender 4.3 (the rest does not matter to the fake renderer).
+    let bytes = b"BLENDER-v403REND\0\0\0\0 not a real scene".to_vec();
+    std::fs::write(dirs.jobdir.join("new.blend"), &bytes).unwrap();
+    let (host, _stop_host) = start_host(&dirs).await;
+    let addr = host.addrs[0].clone();
+    let old = std::sync::Arc::new(FakeRenderer::new(Duration::from_millis(10)));
+    let (_a, _stop_a) = start_fake_worker_with(dirs.cache("a"), addr.clone(), old.clone(), caps("3.4.1"));
+    write_job(&dirs.jobdir, "shot", "new.blend", 1, 3);
+
+    let log_says = |text: &str| job_log(&dirs, "shot").contains(text);
+    let want = "waiting: no volunteer can render it: saved by Blender 4.3; volunteers have Blender 3.4.1";
+    wait_until("the waiting line", LIMIT, || log_says(want)).await;
+    assert!(log_says("no Blender on the owner's machine"), "{}", job_log(&dirs, "shot"));
+    assert!(old.frames().is_empty(), "a volunteer with Blender 3.4 was given a 4.3 file");
+    assert_eq!(job_log(&dirs, "shot").matches("waiting:").count(), 1, "said more than once");
+
+    let (_b, _stop_b) = start_fake_worker_with(dirs.cache("b"), addr, FakeRenderer::new(Duration::ZERO), caps("4.3.2"));
+    let out = dirs.renderdir.join("shot");
+    wait_until("the frames, from the newer volunteer", LIMIT, || files_in(&out) == frame_names(1, 3, "png")).await;
+    assert!(old.frames().is_empty(), "a volunteer with Blender 3.4 was given a 4.3 file");
+}
