@@ -9,23 +9,27 @@ KIND (default ``all``):
   all        one main file using textures, library, caches, font, ies and missing together
   textures   relative, absolute, outside-the-project, UTF-8, backslash, UDIM, sequence, HDRI world
   library    lib1 -> lib2 -> lib1 (circular) linked relatively, plus one library linked by absolute path
-  caches     particles baked to the default //blendcache_<name>/ disk cache, a PC2 file read by a Mesh Cache
-             modifier, and an Alembic file read by a Mesh Sequence Cache modifier when Blender has Alembic
+  caches     particles baked to the default //blendcache_<name>/ disk cache (their velocity is zeroed after
+             the bake, so a render without the cache differs), a PC2 file read by a Mesh Cache modifier,
+             and an Alembic file read by a Mesh Sequence Cache modifier when Blender has Alembic (Debian's
+             3.4.1 has not: it says so and skips it)
   font       a text object using //fonts/DejaVuSerif-Bold.ttf (copied from the system)
   ies        a point light shaped by //ies/light.ies (an LM-63 file written here)
   missing    one image whose file does not exist (renders magenta, on the owner's machine too)
   sequencer  a separate main file rendering the sequencer: an image strip from //strips/ and a movie strip
+             (//movies/clip.mkv, FFV1, rendered by Blender itself; AVI_RAW without FFmpeg)
   volume     an OpenVDB sequence baked by a tiny smoke simulation, rendered through a Volume object
 
 Layout under DIR: DIR/project/ holds the main .blend (main.blend for ``all``, main_<kind>.blend otherwise)
-and everything it uses, except DIR/shared/outside.png (reached as //../shared/outside.png) and the files
-stored with absolute paths (DIR/project/abs_textures/abs.png, DIR/project/libs/abs_lib.blend).
+and everything it uses, except DIR/shared/outside.png (reached as //../shared/outside.png). Two files are
+stored with absolute paths (DIR/project/abs_textures/abs.png, DIR/project/libs/abs_lib.blend): a copy of
+the project elsewhere still reads those two from DIR.
 
 The scene: Cycles, CPU, 8 samples, seed 0, no denoising, 64x48 PNG, frames 1..3, a top-down orthographic
 camera over a 5x3 grid of cells; every cell shows one dependency with an Emission shader (the IES cell is a
 diffuse plane lit by the IES light), so each file changes the pixels of its cell. The last line of stdout
-is ``MAIN: /abs/path/of/main.blend``. Deterministic: the same DIR gives the same files (the .blend files
-embed no time stamps that affect rendering).
+is ``MAIN: /abs/path/of/main.blend``. Deterministic: projects generated twice, in any DIR, render
+pixel-identical frames.
 """
 
 import argparse
@@ -83,6 +87,10 @@ def write_image(path, w, h, pixel, fmt="PNG", float_buffer=False):
     """Write an image file with Blender; pixel(x, y) -> (r, g, b)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     img = bpy.data.images.new("tmp_write", w, h, alpha=False, float_buffer=float_buffer)
+    if float_buffer:
+        # Image.save() of a float image in the default "Linear" space writes sRGB-encoded values (a .hdr
+        # would hold 0.54 for 0.25); "Non-Color" writes the values as given.
+        img.colorspace_settings.name = "Non-Color"
     px = []
     for y in range(h):
         for x in range(w):
@@ -297,10 +305,12 @@ def make_textures(scene, proj, top):
     node.image_user.frame_offset = 0
     node.image_user.use_auto_refresh = True
 
-    # HDRI-like world (Radiance .hdr, float): the camera looks straight down, so the background shows the
-    # bottom row (dark brown); the upper half (sky blue) lights the diffuse IES plane a little.
+    # HDRI-like world (Radiance .hdr, float, a small "sun" over 1.0): the camera looks straight down, so the
+    # background shows the bottom row (dark brown); the upper half lights the diffuse IES plane a little.
     def sky(x, y):
-        return (0.25, 0.06, 0.02) if y < 4 else (0.15, 0.3, 0.6)
+        if y < 4:
+            return (0.25, 0.06, 0.02)
+        return (3.0, 2.5, 2.0) if (y == 6 and x in (2, 3)) else (0.15, 0.3, 0.6)
 
     hdr = os.path.join(proj, "hdri", "sky.hdr")
     write_image(hdr, 16, 8, sky, fmt="HDR", float_buffer=True)
@@ -427,21 +437,29 @@ def make_caches_before_save(scene, proj):
     mc.frame_start = 0.0
 
     if bpy.app.build_options.alembic:
-        # Export an animated quad, delete it, and read the file back on another object.
+        # Export a quad whose vertices a shape key slides along x (the Mesh Sequence Cache modifier reads
+        # vertices, not the object transform), delete it, and read the file back on another object.
+        # Untested on Debian's 3.4.1, which is built without Alembic.
         x, y = cell_xy("alembic")
-        src = add_object(scene, "AbcSrc", quad_mesh("AbcQuad", size=0.4), (x, y, 0))
-        for f, dx in ((1, -0.2), (3, 0.2)):
-            src.location.x = x + dx
-            src.keyframe_insert("location", index=0, frame=f)
+        src = add_object(scene, "AbcSrc", quad_mesh("AbcQuad", size=0.4), (0, 0, 0))
+        src.shape_key_add(name="Basis")
+        moved = src.shape_key_add(name="Moved")
+        for point in moved.data:
+            point.co.x += 0.4
+        src.location = (x - 0.2, y, 0)  # the reader has its own transform; keep the source out of sight
+        for f, value in ((1, 0.0), (3, 1.0)):
+            moved.value = value
+            moved.keyframe_insert("value", frame=f)
+        bpy.context.view_layer.objects.active = src
         bpy.ops.object.select_all(action="DESELECT")
         src.select_set(True)
         abc = os.path.join(proj, "cache", "anim.abc")
-        bpy.ops.wm.alembic_export(filepath=abc, start=1, end=3, selected=True)
+        bpy.ops.wm.alembic_export(filepath=abc, start=FRAMES[0], end=FRAMES[1], selected=True)
         bpy.data.objects.remove(src)
         bpy.ops.cachefile.open(filepath=abc)
         cf = bpy.data.cache_files[-1]
         cf.filepath = "//cache/anim.abc"
-        reader = add_object(scene, "AbcReader", quad_mesh("AbcBase", size=0.1), (0, 0, 0),
+        reader = add_object(scene, "AbcReader", quad_mesh("AbcBase", size=0.1), (x - 0.2, y, 0),
                             emission_material("AbcMat", rgb=(1.0, 0.3, 0.3)))
         msc = reader.modifiers.new("Cache", "MESH_SEQUENCE_CACHE")
         msc.cache_file = cf
@@ -556,7 +574,8 @@ def build_sequencer(proj, blend):
     strip_cols = [(0.9, 0.2, 0.2), (0.2, 0.9, 0.2), (0.2, 0.2, 0.9)]
     strips = os.path.join(proj, "strips")
     for i, c in enumerate(strip_cols, 1):
-        write_image(os.path.join(strips, f"strip_{i:04d}.png"), w, h, checker(c, (0.1, 0.1, 0.1), cell=4 + 4 * i))
+        write_image(os.path.join(strips, f"strip_{i:04d}.png"), w, h,
+                    checker(c, (0.1, 0.1, 0.1), cell=4 + 4 * i))
 
     # The movie: Blender renders three frames of its own sequencer to a lossless FFV1 .mkv (or AVI_RAW).
     movie = None
@@ -605,7 +624,8 @@ def build_sequencer(proj, blend):
     flat_world(scene)
     save(blend)
     se = scene.sequence_editor_create()
-    img = se.sequences.new_image("Strips", os.path.join(strips, "strip_0001.png"), 1, 1, fit_method="ORIGINAL")
+    img = se.sequences.new_image("Strips", os.path.join(strips, "strip_0001.png"), 1, 1,
+                                 fit_method="ORIGINAL")
     for i in (2, 3):
         img.elements.append(f"strip_{i:04d}.png")
     img.directory = "//strips/"
@@ -630,8 +650,8 @@ def build_volume(proj, blend):
     save(blend)
     dom = add_object(scene, "Domain", bpy.data.meshes.new("DomMesh"), (0, 0, 0))
     bm = [(x, y, z) for z in (-1, 1) for y in (-1, 1) for x in (-1, 1)]
-    dom.data.from_pydata([(1.2 * a, 1.2 * b, 1.2 * c) for a, b, c in bm], [],
-                         [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)])
+    faces = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    dom.data.from_pydata([(1.2 * a, 1.2 * b, 1.2 * c) for a, b, c in bm], [], faces)
     md = dom.modifiers.new("Fluid", "FLUID")
     md.fluid_type = "DOMAIN"
     ds = md.domain_settings
@@ -642,8 +662,7 @@ def build_volume(proj, blend):
     ds.cache_frame_start, ds.cache_frame_end = FRAMES
     ds.cache_directory = "//cache_fluid"
     flow = add_object(scene, "Flow", bpy.data.meshes.new("FlowMesh"), (0, 0, -0.6))
-    flow.data.from_pydata([(x * 0.4, y * 0.4, z * 0.4) for x, y, z in bm], [],
-                          [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)])
+    flow.data.from_pydata([(x * 0.4, y * 0.4, z * 0.4) for x, y, z in bm], [], faces)
     fm = flow.modifiers.new("Fluid", "FLUID")
     fm.fluid_type = "FLOW"
     fm.flow_settings.flow_type = "SMOKE"

@@ -152,14 +152,14 @@ class Tracer:
         dot = name.rfind(".")
         stem_end = dot if dot > 0 else len(name)
         m = None
-        for m in re.finditer(r"\d+", name[:stem_end]):
+        for m in re.finditer(r"[0-9]+", name[:stem_end]):
             pass
         if m is None:  # no frame number: a single file
             self.add(path, kind, used_by)
             return
         head, digits, tail = name[:m.start()], m.group(), name[m.end():]
         width = len(digits)
-        pattern = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + r"\Z")
+        pattern = re.compile(re.escape(head) + r"([0-9]+)" + re.escape(tail) + r"\Z")
         found = []
         try:
             entries = os.listdir(folder)
@@ -178,7 +178,7 @@ class Tracer:
                 found.append(full)
                 if len(found) > FOLDER_LIMIT:
                     raise TracerError(f"sequence {path} (used by {used_by}) has more than {FOLDER_LIMIT} "
-                                      "files in {folder}; refusing to include it")
+                                      f"files in {folder}; refusing to include it")
         if not found:
             self.add_missing(path, kind, used_by)
         for full in found:
@@ -222,7 +222,8 @@ class Tracer:
         if "<UDIM>" not in raw and "<UVTILE>" not in raw:
             # A path stored without a token (files from before 3.0): the tile number in the file name.
             head, name = raw.rsplit("/", 1) if "/" in raw else ("", raw)
-            hits = [m for m in re.finditer(r"(?<!\d)(1\d{3})(?!\d)", name) if 1001 <= int(m.group(1)) <= 1999]
+            hits = [m for m in re.finditer(r"(?<![0-9])(1[0-9]{3})(?![0-9])", name)
+                    if 1001 <= int(m.group(1)) <= 1999]
             if not hits:
                 self.add_ref(img.filepath, "udim", img, used_by)
                 return
@@ -257,10 +258,11 @@ class Tracer:
                 used_by = f"Sequencer strip '{strip.name}' in scene '{scene.name}'"
                 if strip.type == "IMAGE":
                     directory = strip.directory.replace("\\", "/")
+                    if directory and not directory.endswith("/"):
+                        directory += "/"  # keeps '//' (the .blend's own folder) intact
                     for elem in strip.elements:
                         if elem.filename:
-                            self.add(self.resolve(directory.rstrip("/") + "/" + elem.filename, lib),
-                                     "sequence", used_by)
+                            self.add(self.resolve(directory + elem.filename, lib), "sequence", used_by)
                 elif strip.type == "MOVIE":
                     self.add(self.resolve(strip.filepath, lib), "movie", used_by)
                 elif strip.type == "SOUND" and strip.sound is not None:
@@ -358,10 +360,9 @@ class Tracer:
                     self.point_cache(md.point_cache, ob, t.lower().replace("_", " "))
                 elif t == "DYNAMIC_PAINT":
                     canvas = md.canvas_settings
-                    if md.ui_type == "CANVAS" and canvas is not None:
-                        for surface in canvas.canvas_surfaces:
-                            if surface.surface_format == "VERTEX" or surface.point_cache is not None:
-                                self.point_cache(surface.point_cache, ob, f"dynamic paint '{surface.name}'")
+                    for surface in canvas.canvas_surfaces if canvas is not None else ():
+                        if surface.is_cache_user and surface.point_cache is not None:
+                            self.point_cache(surface.point_cache, ob, f"dynamic paint '{surface.name}'")
                 elif t == "FLUID" and md.fluid_type == "DOMAIN":
                     ds = md.domain_settings
                     folder = self.resolve(ds.cache_directory, lib)
@@ -473,10 +474,17 @@ def main():
     doc, extra = Tracer().run()
     check_utf8(doc)
     tmp = out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise TracerError(f"cannot write {out}: {e}")
     size = sum(os.path.getsize(e["path"]) for e in doc["files"])
     print(f"deps.py: {len(doc['files'])} files ({size} bytes), {len(doc['missing'])} missing, "
           f"{len(doc['cache_folders'])} cache folders, {len(extra)} found only by blend_paths", flush=True)
