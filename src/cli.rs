@@ -76,6 +76,10 @@ pub struct JoinArgs {
     /// Start a new Blender for every frame instead of keeping one open per job (slower; for comparison).
     #[arg(long)]
     pub process_per_frame: bool,
+    /// Cycles device to render with: CPU, CUDA, OPTIX, HIP, ONEAPI or METAL; one Blender does not offer on this
+    /// machine stops `join` with the list of those it does
+    #[arg(long, value_name = "DEVICE", default_value = "CPU", value_parser = ["CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL"])]
+    pub device: String,
     /// Stop Blender and fail the frame when one frame takes longer than this many seconds (0: no limit).
     #[arg(long, value_name = "SECS", default_value_t = 21_600)]
     pub frame_timeout: u64,

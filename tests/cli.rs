@@ -94,3 +94,19 @@ fn job_names_that_could_escape_the_render_folder_are_ignored() {
     inside.retain(|n| n != ".blenderdist" && n != ".blenderdist-tmp");
     assert!(inside.is_empty(), "a bad job name made a folder: {inside:?}");
 }
+
+#[test]
+fn a_cycles_device_blender_does_not_offer_stops_join_with_the_list() {
+    if !blender_available() {
+        skip("blender is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_string_lossy().into_owned();
+    // This machine has no GPU, so Blender offers only the CPU.
+    let (ok, text) = run(&["join", "127.0.0.1:1", "--no-mdns", "--cache-dir", &cache, "--device", "CUDA"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("does not offer the Cycles device CUDA") && text.contains("it offers: CPU"), "{text}");
+    let (ok, text) = run(&["join", "127.0.0.1:1", "--no-mdns", "--cache-dir", &cache, "--device", "TPU"]);
+    assert!(!ok && text.contains("TPU"), "{text}");
+}

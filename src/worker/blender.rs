@@ -73,6 +73,8 @@ pub struct BlenderOptions {
     pub limits: Limits,
     /// Idle Blenders kept open (one per render slot is right).
     pub keep_open: usize,
+    /// Cycles device: `CPU` (the default when empty), `CUDA`, `OPTIX`, `HIP`, `ONEAPI` or `METAL`.
+    pub device: String,
 }
 
 /// Renders with real Blender, keeping idle processes per .blend for the next frame.
@@ -83,13 +85,32 @@ pub struct BlenderRenderer {
     caps: VolunteerCaps,
 }
 
-/// Prints what a Blender can do as one marked JSON line.
-const PROBE_PY: &str = "import bpy, json; print('@@BLENDERDIST-CAPS@@ ' + json.dumps({'blender': \
-    bpy.app.version_string, 'build_hash': bpy.app.build_hash.decode(errors='replace'), \
-    'denoiser': bool(getattr(bpy.app.build_options, 'openimagedenoise', False))}))";
+/// Prints what a Blender can do as one marked JSON line: version, build, OpenImageDenoise, Cycles devices.
+const PROBE_PY: &str = r#"
+import bpy, json
+devices = ["CPU"]
+try:
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    for kind in ("CUDA", "OPTIX", "HIP", "ONEAPI", "METAL"):
+        try:
+            if any(d.type == kind for d in prefs.get_devices_for_type(kind)):
+                devices.append(kind)
+        except Exception:
+            pass
+except Exception:
+    pass
+print("@@BLENDERDIST-CAPS@@ " + json.dumps({
+    "blender": bpy.app.version_string,
+    "build_hash": bpy.app.build_hash.decode(errors="replace"),
+    "denoiser": bool(getattr(bpy.app.build_options, "openimagedenoise", False)),
+    "devices": devices,
+}))
+"#;
 
-/// Starts `program` once to learn its version and what it was built with (one second, at start).
-async fn probe(program: &Path) -> Result<VolunteerCaps, RenderError> {
+/// Starts `program` once to learn its version and what it was built with (one second, at start), and checks that
+/// it offers `device`.
+async fn probe(program: &Path, device: &str) -> Result<VolunteerCaps, RenderError> {
+    let device = if device.is_empty() { "CPU" } else { device };
     let output = tokio::process::Command::new(program)
         .args(["-b", "--factory-startup", "--disable-autoexec", "--python-expr", PROBE_PY])
         .stdin(std::process::Stdio::null())
@@ -103,6 +124,8 @@ async fn probe(program: &Path) -> Result<VolunteerCaps, RenderError> {
         blender: String,
         build_hash: String,
         denoiser: bool,
+        #[serde(default)]
+        devices: Vec<String>,
     }
     let Some(found) = line.and_then(|l| serde_json::from_str::<Probe>(l).ok()) else {
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
@@ -113,12 +136,16 @@ async fn probe(program: &Path) -> Result<VolunteerCaps, RenderError> {
             tail.join(" | ")
         )));
     };
-    Ok(VolunteerCaps {
-        blender: found.blender,
-        build_hash: found.build_hash,
-        device: "CPU".into(),
-        denoiser: found.denoiser,
-    })
+    if !found.devices.iter().any(|d| d == device) {
+        return Err(RenderError::new(format!(
+            "Blender {} at {} does not offer the Cycles device {device} on this machine; it offers: {}",
+            found.blender,
+            program.display(),
+            found.devices.join(", ")
+        )));
+    }
+    let (blender, build_hash, denoiser) = (found.blender, found.build_hash, found.denoiser);
+    Ok(VolunteerCaps { blender, build_hash, device: device.to_string(), denoiser })
 }
 
 impl BlenderRenderer {
@@ -131,8 +158,8 @@ impl BlenderRenderer {
         tokio::fs::write(&driver, DRIVER_PY)
             .await
             .map_err(|e| RenderError::new(format!("cannot write {}: {e}", driver.display())))?;
-        let caps = probe(&program).await?;
-        let launch = Launch { program, driver, threads: options.threads };
+        let caps = probe(&program, &options.device).await?;
+        let launch = Launch { program, driver, threads: options.threads, device: options.device.clone() };
         Ok(Self { launch, options, idle: Mutex::new(Vec::new()), caps })
     }
 

@@ -65,6 +65,8 @@ def parse_args():
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     p = Args(prog="driver.py", add_help=False)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="CPU",
+                   choices=["CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL"])
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 0:
         p.error("--threads must be >= 0 (0: all cores)")
@@ -88,6 +90,21 @@ def missing_files():
             continue
         missing.add(path)
     return sorted(missing)
+
+
+def use_device(scene, device):
+    """Render Cycles on the volunteer's chosen device (the worker checked at
+    start that Blender offers it). CPU is set explicitly too: a scene saved
+    for the artist's GPU would otherwise ask for one."""
+    if device == "CPU":
+        scene.cycles.device = "CPU"
+        return
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    prefs.compute_device_type = device
+    prefs.get_devices()
+    for d in prefs.devices:
+        d.use = d.type == device
+    scene.cycles.device = "GPU"
 
 
 def prepare(scene):
@@ -187,6 +204,8 @@ def main():
         elif args.threads is not None:
             scene.render.threads_mode = "FIXED"
             scene.render.threads = args.threads
+        if scene.render.engine == "CYCLES":
+            use_device(scene, args.device)
         source_format = scene.render.image_settings.file_format
         prepare(scene)
         r = scene.render

@@ -44,6 +44,9 @@ pub struct WorkerConfig {
 
 pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let bootstrap = args.bootstrap.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
+    if bootstrap.is_empty() && args.no_mdns {
+        anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
+    }
     let cache_dir = match args.cache_dir {
         // Blender is given paths inside the cache; they must not depend on its working folder.
         Some(dir) => std::path::absolute(&dir).with_context(|| format!("bad cache folder {}", dir.display()))?,
@@ -60,6 +63,7 @@ pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send +
             memory: args.max_memory.map(|mib| mib << 20),
         },
         keep_open: args.renderers as usize,
+        device: args.device.clone(),
     };
     let renderer = BlenderRenderer::new(program, options, &cache_dir.join("driver")).await?;
     info!(
@@ -68,9 +72,6 @@ pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send +
         renderer.caps().build_hash,
         renderer.caps().denoiser
     );
-    if bootstrap.is_empty() && args.no_mdns {
-        anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
-    }
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create the cache folder {}", cache_dir.display()))?;
     let own = OwnBinary::locate().await?;

@@ -43,6 +43,8 @@ pub struct Launch {
     pub program: PathBuf,
     pub driver: PathBuf,
     pub threads: Option<u32>,
+    /// Cycles device (`CPU`, `CUDA`...), passed to the driver.
+    pub device: String,
 }
 
 /// One line from the driver.
@@ -90,6 +92,9 @@ impl Session {
         cmd.args(["--python-exit-code", "1", "--python"]).arg(&launch.driver).arg("--");
         if let Some(t) = launch.threads {
             cmd.arg("--threads").arg(t.to_string());
+        }
+        if !launch.device.is_empty() {
+            cmd.arg("--device").arg(&launch.device);
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd
