@@ -99,7 +99,7 @@ async fn editing_the_range_keeps_done_frames_and_a_new_blend_restarts_the_job() 
     .await;
     let from_v1 = renderer.frames().iter().filter(|(b, _)| *b == v1).count();
     assert_eq!(from_v1, 8);
-    assert!(log_of(&dirs, "r").contains("restarted with a new .blend"), "{}", log_of(&dirs, "r"));
+    assert!(log_of(&dirs, "r").contains("restarted: the .blend or a file it uses changed"), "{}", log_of(&dirs, "r"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

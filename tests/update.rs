@@ -326,7 +326,7 @@ async fn future_host(build: Option<PathBuf>) -> (libp2p::Multiaddr, tokio::task:
         .unwrap()
         .with_behaviour(|key| FutureHostBehaviour {
             identify: identify::Behaviour::new(
-                identify::Config::new("/blenderdist/2".into(), key.public())
+                identify::Config::new("/blenderdist/3".into(), key.public())
                     .with_agent_version("blenderdist-host/9.0.0".into()),
             ),
             stream: libp2p_stream::Behaviour::new(),
@@ -372,7 +372,7 @@ async fn future_host(build: Option<PathBuf>) -> (libp2p::Multiaddr, tokio::task:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volunteer_fetches_its_owners_build_across_a_protocol_version_change() {
     let dir = tempfile::tempdir().unwrap();
-    // The owner's "version 2" build: another file that still runs.
+    // The owner's "version 3" build: another file that still runs.
     let new_build = copy_bin(&dir.path().join("v2"));
     install_new_build(&new_build, "protocol version 2 build");
     let (addr, host) = future_host(Some(new_build.clone())).await;
@@ -381,7 +381,8 @@ async fn a_volunteer_fetches_its_owners_build_across_a_protocol_version_change()
     let (addr, cache) = (addr.to_string(), dir.path().join("cache"));
     let (vol, log2) = (vol_bin.clone(), log.clone());
     let mut volunteer = tokio::task::spawn_blocking(move || {
-        spawn_volunteer_program(&vol, &addr, &cache, &log2, &["--blender", "/bin/true"])
+        let blender = fake_blender(cache.parent().unwrap());
+        spawn_volunteer_program(&vol, &addr, &cache, &log2, &["--blender", &blender.to_string_lossy()])
     })
     .await
     .unwrap();
@@ -408,7 +409,8 @@ async fn incompatible_protocol_versions_are_named_and_stop_a_volunteer_that_may_
         let addr = addr.to_string();
         tokio::task::spawn_blocking(move || {
             let mut cmd = Command::new(BIN);
-            cmd.args(["join", &addr, "--no-mdns", "--blender", "/bin/true", "--cache-dir"]).arg(cache).args(extra);
+            let blender = fake_blender(cache.parent().unwrap());
+            cmd.args(["join", &addr, "--no-mdns", "--blender"]).arg(blender).arg("--cache-dir").arg(cache).args(extra);
             let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
             let mut proc = Proc(child);
             // A volunteer that may not update stops by itself; one that may keeps trying: stop it after a while.
@@ -427,10 +429,10 @@ async fn incompatible_protocol_versions_are_named_and_stop_a_volunteer_that_may_
     };
     let (status, err) = run(&["--no-auto-updates"]).await.unwrap();
     assert!(!status.success(), "{err}");
-    assert!(err.contains("/blenderdist/2") && err.contains("/blenderdist/1"), "{err}");
+    assert!(err.contains("/blenderdist/3") && err.contains("/blenderdist/2"), "{err}");
     let (_, err) = run(&[]).await.unwrap();
     assert!(
-        err.contains("/blenderdist/2") && err.contains("/blenderdist/1"),
+        err.contains("/blenderdist/3") && err.contains("/blenderdist/2"),
         "the refusal must name both versions: {err}"
     );
     host.abort();

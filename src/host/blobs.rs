@@ -15,7 +15,7 @@ use std::{
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{
     protocol::{
@@ -246,7 +246,7 @@ impl BlobServer {
         write_header(&mut stream, &BlobReply::Found { size }).await?;
         let sent = send_file(&path, &mut stream).await?;
         stream.close().await?;
-        info!("sent {} ({sent} bytes, blob {}) to {peer}", path.display(), hash.short());
+        debug!("sent {} ({sent} bytes, blob {}) to {peer}", path.display(), hash.short());
         Ok(())
     }
 

@@ -204,7 +204,7 @@ impl Host {
         let what = match change {
             JobChange::Added => "accepted",
             JobChange::Updated => "updated",
-            JobChange::Restarted => "restarted with a new .blend",
+            JobChange::Restarted => "restarted: the .blend or a file it uses changed",
             JobChange::Unchanged => return Ok(()),
         };
         let line = format!(

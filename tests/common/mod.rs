@@ -198,6 +198,18 @@ pub fn blender_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A stand-in for Blender that passes the volunteer's start-up probe and renders nothing, for tests of volunteers
+/// that never get to render (updates, protocol versions).
+pub fn fake_blender(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-blender");
+    let line =
+        r#"@@BLENDERDIST-CAPS@@ {"blender": "3.4.1", "build_hash": "fake", "denoiser": false, "devices": ["CPU"]}"#;
+    std::fs::write(&path, format!("#!/bin/sh\necho '{line}'\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// Runs `blender` with `args`, panicking with its output when it fails.
 pub fn blender(args: &[&str]) {
     let out = Command::new("blender").args(args).output().unwrap();
