@@ -2,10 +2,10 @@
 //! it once with the release binary, runs it and turns its result rows into the table in docs/BENCHMARKS.md.
 //!
 //! ```text
-//! farm [overhead|scaling|dispatch|blob|memory]... [--quick] [--bin PATH] [--tmp DIR]
+//! farm [overhead|scaling|dispatch|blob|memory|project]... [--quick] [--bin PATH] [--tmp DIR]
 //! ```
 //!
-//! No name runs all five. Results go to stdout as tab-separated lines, `ROW` (benchmark, measured, baseline, ratio,
+//! No name runs all six. Results go to stdout as tab-separated lines, `ROW` (benchmark, measured, baseline, ratio,
 //! goal, met?), `NOTE` (a sentence for the report) and `CPU` (seconds of CPU used by processes the benchmark started
 //! but nobody waited for, which the script adds to the benchmark's own); progress goes to stderr. Every figure with a baseline measures
 //! that baseline in the same invocation. Every load is bounded in count and time, runs over loopback only, and
@@ -27,6 +27,8 @@ mod memory;
 mod overhead;
 #[path = "farm/procs.rs"]
 mod procs;
+#[path = "farm/project.rs"]
+mod project;
 #[path = "farm/scaling.rs"]
 mod scaling;
 
@@ -34,7 +36,7 @@ use std::process::ExitCode;
 
 use common::Opts;
 
-const ALL: [&str; 5] = ["overhead", "scaling", "dispatch", "blob", "memory"];
+const ALL: [&str; 6] = ["overhead", "scaling", "dispatch", "blob", "memory", "project"];
 
 fn main() -> ExitCode {
     let opts = match Opts::parse(std::env::args().skip(1)) {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             "dispatch" => common::block_on(dispatch::run(&opts)),
             "blob" => common::block_on(blob::run(&opts)),
             "memory" => common::block_on(memory::run(&opts)),
+            "project" => project::run(&opts),
             other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: {}", ALL.join(", "))),
         };
         // CPU seconds of processes this benchmark stopped without anyone waiting for them (see procs::Proc).

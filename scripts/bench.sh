@@ -2,19 +2,19 @@
 # Runs blenderdist's benchmarks and prints a table (benchmark, measured, baseline, ratio, goal, met?); writes the same
 # table, the exact command, the date and the machine into docs/BENCHMARKS.md (between the bench:results markers).
 #
-#   scripts/bench.sh [--quick] [overhead] [scaling] [dispatch] [blob] [memory]
+#   scripts/bench.sh [--quick] [overhead] [scaling] [dispatch] [blob] [memory] [project]
 #
-# No name runs all five. --quick uses smaller sizes while developing (its figures are not the ones to record).
+# No name runs all six. --quick uses smaller sizes while developing (its figures are not the ones to record).
 # Builds once (`cargo build --release`: the binary and the benchmark binary benches/farm.rs) and reuses both.
 # Each benchmark has a time limit and stops by itself; temp files go to target/bench-tmp (the scaling benchmark
 # also uses /dev/shm) and are removed.
-# Needs Blender on PATH for `overhead`. See docs/BENCHMARKS.md for what each benchmark measures.
+# Needs Blender on PATH for `overhead` and `project`. See docs/BENCHMARKS.md for what each benchmark measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(overhead scaling dispatch blob memory)
-# Hang guards, in seconds; a normal full run of all five takes about 5 minutes on 2 cores.
-declare -A limit=([overhead]=420 [scaling]=150 [dispatch]=90 [blob]=150 [memory]=90)
+all=(overhead scaling dispatch blob memory project)
+# Hang guards, in seconds; a normal full run of all six takes about 5 minutes on 2 cores.
+declare -A limit=([overhead]=420 [scaling]=150 [dispatch]=90 [blob]=150 [memory]=90 [project]=600)
 quick=()
 names=()
 for arg in "$@"; do
