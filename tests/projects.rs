@@ -85,6 +85,15 @@ fn a_sequencer_project_renders_as_blender_does() {
 }
 
 #[test]
+fn an_openvdb_volume_project_renders_as_blender_does() {
+    if skip_without_blender() {
+        return;
+    }
+    let (_dirs, log) = render_project_on_the_farm("volume", 2);
+    assert!(log.contains("volume"), "{log}");
+}
+
+#[test]
 fn a_changed_texture_restarts_the_job_and_only_the_texture_travels_again() {
     if skip_without_blender() {
         return;
