@@ -94,6 +94,38 @@ fn an_openvdb_volume_project_renders_as_blender_does() {
 }
 
 #[test]
+fn paths_blender_lists_but_never_reads_do_not_fail_frames() {
+    if skip_without_blender() {
+        return;
+    }
+    let dirs = Dirs::new();
+    let artist = dirs.root.path().join("artist");
+    std::fs::create_dir_all(&artist).unwrap();
+    let blend = artist.join("scene.blend");
+    make_scene(&blend, 2, "32x24", 1);
+    // An unbaked fluid domain (its cache folder does not exist anywhere) and a text block saved from a file: Blender
+    // lists both paths, neither is needed to render.
+    std::fs::write(artist.join("notes.py"), "# notes\n").unwrap();
+    let expr = "import bpy; bpy.ops.mesh.primitive_cube_add(size=0.5, location=(5, 5, 5)); \
+                m = bpy.context.object.modifiers.new('fluid', 'FLUID'); m.fluid_type = 'DOMAIN'; \
+                t = bpy.data.texts.new('notes'); t.filepath = '//notes.py'; t.use_fake_user = True; \
+                bpy.ops.wm.save_mainfile()";
+    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&blend, &baseline);
+
+    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
+    let _a = spawn_isolated_volunteer(&hidden, &dirs.cache("a"), &addr, &[]);
+    write_job(&dirs.jobdir, "shot", &blend.to_string_lossy(), 1, 2);
+    let out = dirs.renderdir.join("shot");
+    let names = frame_names(1, 2, "png");
+    wait_until_blocking("both frames", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
+    assert_eq!(files_in(&out), names, "{}", job_log(&dirs, "shot"));
+    assert_same_pixels(&baseline, &out, &names);
+}
+
+#[test]
 fn a_changed_texture_restarts_the_job_and_only_the_texture_travels_again() {
     if skip_without_blender() {
         return;

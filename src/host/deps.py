@@ -40,6 +40,20 @@ class TracerError(Exception):
     pass
 
 
+def under_tempdir(path):
+    """Blender's own session folder (/tmp/blender_XXXX): new for every run, never part of a project."""
+    temp = os.path.normpath(bpy.app.tempdir) if bpy.app.tempdir else None
+    return bool(temp) and (path == temp or path.startswith(temp + os.sep))
+
+
+def udim_present(path):
+    """A tiled path counts as present when any tile exists, as in the volunteer's driver."""
+    if "<UDIM>" not in path and "<UVTILE>" not in path:
+        return False
+    import glob
+    return bool(glob.glob(re.sub(r"<UDIM>|<UVTILE>", "*", glob.escape(path))))
+
+
 def parse_args():
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     out = None
@@ -393,6 +407,10 @@ class Tracer:
             if os.path.isfile(path):
                 self.add(path, "other", "bpy.utils.blend_paths")
                 extra.append(path)
+            elif not os.path.exists(path) and not under_tempdir(path) and not udim_present(path):
+                # The volunteer's driver checks blend_paths the same way; whatever is absent here may be absent
+                # there (an unbaked cache folder, say), or every frame would fail as "did not arrive".
+                self.add_missing(path, "other", "bpy.utils.blend_paths")
         return extra
 
     # -- scene summary -----------------------------------------------------------------------------------

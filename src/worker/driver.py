@@ -76,11 +76,17 @@ def parse_args():
 def missing_files():
     """External files the .blend needs that are absent (packed files are skipped)."""
     missing = set()
+    # A text's content is saved in the .blend; Blender's session folder is new for every run.
+    texts = {os.path.normpath(bpy.path.abspath(t.filepath, library=t.library))
+             for t in bpy.data.texts if t.filepath}
+    temp = os.path.normpath(bpy.app.tempdir) if bpy.app.tempdir else None
     # packed=False leaves out packed data, local=False keeps linked libraries.
     for path in bpy.utils.blend_paths(absolute=True, packed=False, local=False):
         if not path or path.startswith("<builtin>"):
             continue
         path = os.path.normpath(path)
+        if path in texts or (temp and (path == temp or path.startswith(temp + os.sep))):
+            continue
         if "<UDIM>" in path or "<UVTILE>" in path:
             # Tiled textures: any tile on disk counts as present.
             pattern = re.sub(r"<UDIM>|<UVTILE>", "*", glob.escape(path))
