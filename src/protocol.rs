@@ -123,11 +123,66 @@ pub enum WorkRequest {
         caps: Option<VolunteerCaps>,
     },
     /// A granted frame rendered; its blob is `size` bytes with hash `blob`. The owner answers `Upload` or `Discard`.
-    Rendered { job: String, frame: u32, blend: BlobHash, blob: BlobHash, size: u64, ext: String },
+    ///
+    /// `outputs`: files the scene's compositor File Output nodes wrote for this frame, pushed before the frame itself
+    /// when the owner answers `Upload`; each lands in the job's render folder under its own (checked) name.
+    Rendered {
+        job: String,
+        frame: u32,
+        blend: BlobHash,
+        blob: BlobHash,
+        size: u64,
+        ext: String,
+        #[serde(default)]
+        outputs: Vec<ExtraOutput>,
+    },
     /// A granted frame failed to render.
     Failed { job: String, frame: u32, blend: BlobHash, error: String },
     /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
     Renew { job: String, frame: u32, blend: BlobHash },
+}
+
+/// One file a compositor File Output node wrote for a frame, besides the frame itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraOutput {
+    /// Where it goes under the job's render folder, as the node named it: `passes/Image0012.exr`.
+    pub name: String,
+    pub blob: BlobHash,
+    pub size: u64,
+}
+
+/// Most [`ExtraOutput`]s one frame may bring.
+pub const MAX_EXTRA_OUTPUTS: usize = 64;
+
+/// Checks the name of an [`ExtraOutput`] before it becomes a path under the job's render folder: relative, plain
+/// `/`-separated components, at most 8 deep and 1024 bytes, an image extension, and not shaped like a frame file
+/// (`0012.png`) or the host's own hidden files.
+pub fn check_output_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 1024 {
+        return Err("empty or over 1024 bytes");
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 8 {
+        return Err("more than 8 folders deep");
+    }
+    for part in &parts {
+        if part.is_empty() || *part == "." || *part == ".." || part.starts_with('.') || part.len() > 255 {
+            return Err("an empty, hidden, '.' or '..' component");
+        }
+        if part.chars().any(|c| c == '\\' || c == '\0' || c.is_control()) {
+            return Err("a backslash, NUL or control character");
+        }
+    }
+    let first_stem = parts[0].split('.').next().unwrap_or_default();
+    if first_stem.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("named like a frame file");
+    }
+    let last = parts[parts.len() - 1];
+    let ext = last.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    if !is_frame_extension(&ext) {
+        return Err("not an image file extension");
+    }
+    Ok(())
 }
 
 /// What a volunteer's Blender can do, measured when it starts; the owner sends it only frames it can render.
@@ -371,6 +426,27 @@ mod tests {
         assert_eq!(BlobHash::from_hex(&h.to_hex()), Some(h));
         assert_eq!(h.short().len(), 8);
         assert_eq!(BlobHash::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn output_names() {
+        let table = [
+            ("Image0012.png", true),
+            ("passes/diffuse/Diff0012.exr", true),
+            ("0012.png", false),
+            ("0012/x.png", false),
+            ("../x.png", false),
+            ("/etc/x.png", false),
+            ("a//x.png", false),
+            (".blenderdist-tmp/x.png", false),
+            ("a\\x.png", false),
+            ("x.sh", false),
+            ("x", false),
+            ("a/b/c/d/e/f/g/h/i.png", false),
+        ];
+        for (name, ok) in table {
+            assert_eq!(check_output_name(name).is_ok(), ok, "{name}");
+        }
     }
 
     #[test]

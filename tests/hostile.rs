@@ -5,8 +5,8 @@ use std::{io::Write, time::Duration};
 
 use blenderdist::{
     protocol::{
-        read_header, write_header, BlobHash, BlobReply, BlobRequest, WorkRequest, WorkResponse, BLOB_PROTOCOL,
-        PROTOCOL_VERSION,
+        read_header, write_header, BlobHash, BlobReply, BlobRequest, ExtraOutput, WorkRequest, WorkResponse,
+        BLOB_PROTOCOL, PROTOCOL_VERSION,
     },
     worker::fake::FakeRenderer,
 };
@@ -87,6 +87,7 @@ async fn forged_results_and_unasked_uploads_are_refused() {
         blob: hash,
         size: junk.len() as u64,
         ext: "png".into(),
+        outputs: vec![],
     };
     let answer = client.request(host_id, forged).await.unwrap();
     assert_ne!(answer, WorkResponse::Upload, "a forged result was invited");
@@ -95,8 +96,31 @@ async fn forged_results_and_unasked_uploads_are_refused() {
         client.request(host_id, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: None }).await.unwrap();
     let WorkResponse::Granted(grants) = granted else { panic!("no grant: {granted:?}") };
     let (frame, blend) = (grants[0].frame, grants[0].blend);
-    let evil = WorkRequest::Rendered { job: "j".into(), frame, blend, blob: hash, size: 5, ext: "/../../x".into() };
+    let evil = WorkRequest::Rendered {
+        job: "j".into(),
+        frame,
+        blend,
+        blob: hash,
+        size: 5,
+        ext: "/../../x".into(),
+        outputs: vec![],
+    };
     assert!(matches!(client.request(host_id, evil).await.unwrap(), WorkResponse::Refused { .. }));
+    // File Output names that would leave the job's folder or pass for a frame file.
+    for name in ["../../escape.png", "/etc/x.png", "0007.png", ".blenderdist-tmp/x.png", "x.sh"] {
+        let output = ExtraOutput { name: name.into(), blob: hash, size: 5 };
+        let evil = WorkRequest::Rendered {
+            job: "j".into(),
+            frame,
+            blend,
+            blob: hash,
+            size: 5,
+            ext: "png".into(),
+            outputs: vec![output],
+        };
+        let answer = client.request(host_id, evil).await.unwrap();
+        assert!(matches!(answer, WorkResponse::Refused { .. }), "{name}: {answer:?}");
+    }
     // An upload nobody asked for.
     let mut control = client.streams();
     let mut stream = control.open_stream(host_id, BLOB_PROTOCOL).await.unwrap();
@@ -105,8 +129,15 @@ async fn forged_results_and_unasked_uploads_are_refused() {
     let reply: BlobReply = read_header(&mut stream).await.unwrap();
     assert!(matches!(reply, BlobReply::Refused { .. }), "{reply:?}");
     // An invited upload whose bytes do not match the announced hash.
-    let notice =
-        WorkRequest::Rendered { job: "j".into(), frame, blend, blob: hash, size: junk.len() as u64, ext: "png".into() };
+    let notice = WorkRequest::Rendered {
+        job: "j".into(),
+        frame,
+        blend,
+        blob: hash,
+        size: junk.len() as u64,
+        ext: "png".into(),
+        outputs: vec![],
+    };
     assert_eq!(client.request(host_id, notice).await.unwrap(), WorkResponse::Upload);
     let mut stream = control.open_stream(host_id, BLOB_PROTOCOL).await.unwrap();
     write_header(&mut stream, &BlobRequest::Put { hash, size: junk.len() as u64 }).await.unwrap();
@@ -161,6 +192,7 @@ async fn a_frame_rendered_from_a_jobs_old_blend_is_discarded() {
         blob: BlobHash::of_bytes(b"old pixels"),
         size: 10,
         ext: "png".into(),
+        outputs: vec![],
     };
     assert_eq!(client.request(host.peer_id, stale).await.unwrap(), WorkResponse::Discard);
     let renew = WorkRequest::Renew { job: "j".into(), frame: 1, blend: old };

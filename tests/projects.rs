@@ -126,6 +126,44 @@ fn paths_blender_lists_but_never_reads_do_not_fail_frames() {
 }
 
 #[test]
+fn compositor_file_outputs_come_back_beside_the_frames() {
+    if skip_without_blender() {
+        return;
+    }
+    let dirs = Dirs::new();
+    let artist = dirs.root.path().join("artist");
+    std::fs::create_dir_all(&artist).unwrap();
+    let blend = artist.join("scene.blend");
+    make_scene(&blend, 2, "32x24", 1);
+    // A File Output node writing the image and its alpha into //passes/beauty/ (as studios write passes).
+    let expr = "import bpy; s = bpy.context.scene; s.use_nodes = True; t = s.node_tree; \
+                rl = t.nodes['Render Layers']; fo = t.nodes.new('CompositorNodeOutputFile'); \
+                fo.base_path = '//passes/beauty'; fo.format.file_format = 'PNG'; fo.file_slots.new('alpha_'); \
+                t.links.new(rl.outputs['Image'], fo.inputs[0]); t.links.new(rl.outputs['Alpha'], fo.inputs[1]); \
+                bpy.ops.wm.save_mainfile()";
+    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&blend, &baseline);
+    let owners = artist.join("passes").join("beauty");
+    let names = files_in(&owners);
+    assert_eq!(names, ["Image0001.png", "Image0002.png", "alpha_0001.png", "alpha_0002.png"], "plain Blender wrote");
+
+    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
+    let _a = spawn_isolated_volunteer(&hidden, &dirs.cache("a"), &addr, &[]);
+    write_job(&dirs.jobdir, "shot", &blend.to_string_lossy(), 1, 2);
+    let out = dirs.renderdir.join("shot");
+    wait_until_blocking("both frames", LIMIT, || {
+        files_in(&out).len() == 3 || job_log(&dirs, "shot").contains("failed")
+    });
+    assert_eq!(files_in(&out), ["0001.png", "0002.png", "beauty"], "{}", job_log(&dirs, "shot"));
+    assert_same_pixels(&baseline, &out, &frame_names(1, 2, "png"));
+    // The node's files, under their own names, as plain Blender wrote them on the owner's machine.
+    assert_eq!(files_in(&out.join("beauty")), names);
+    assert_same_pixels(&owners, &out.join("beauty"), &names);
+}
+
+#[test]
 fn a_changed_texture_restarts_the_job_and_only_the_texture_travels_again() {
     if skip_without_blender() {
         return;

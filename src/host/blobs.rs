@@ -37,6 +37,9 @@ pub struct ExpectedUpload {
     pub size: u64,
     /// The .blend the frame was rendered from; a frame of a job's older .blend is never stored.
     pub blend: BlobHash,
+    /// A file a File Output node wrote for the frame, with its checked name under the job's render folder; `None`
+    /// for the frame itself.
+    pub output: Option<String>,
 }
 
 /// A verified frame waiting in the temp folder for the event loop to store it.
@@ -145,7 +148,7 @@ impl BlobServer {
         let mut expected = lock(&self.inner.expected);
         for ((p, _), list) in expected.iter_mut() {
             if *p == peer {
-                list.retain(|u| (u.job.as_str(), u.frame) != (upload.job.as_str(), upload.frame));
+                list.retain(|u| (&u.job, u.frame, &u.output) != (&upload.job, upload.frame, &upload.output));
             }
         }
         expected.retain(|_, list| !list.is_empty());

@@ -21,11 +21,17 @@ impl Host {
     }
 
     fn store_frame(&mut self, peer: PeerId, upload: &ExpectedUpload, temp: &std::path::Path) -> Result<(), String> {
-        let ExpectedUpload { job, frame, ext, blend, .. } = upload;
+        let ExpectedUpload { job, frame, ext, blend, output, .. } = upload;
         if self.jobs.blend_of(job) != Some(*blend) || self.scheduler.rendered(&peer, job, *frame) == Verdict::Discard {
             return Err(format!("frame {frame} of {job} is no longer wanted"));
         }
         let dir = self.config.renderdir.join(job);
+        if let Some(name) = output {
+            return store_output(&dir, name, temp).map_err(|e| {
+                warn!("cannot write {name} of frame {frame} of {job}: {e}");
+                format!("the host cannot write {name} of frame {frame} of {job}")
+            });
+        }
         let target = dir.join(format!("{frame:04}.{ext}"));
         // Moved into place (durably), then recorded as done: a crash in between leaves a file that is not counted as
         // done, so the frame is rendered again and the file replaced — never a done frame whose file is stale.
@@ -54,4 +60,16 @@ impl Host {
         }
         Ok(())
     }
+}
+
+/// Moves a File Output file into the job's render folder under its name (checked by the protocol: relative, plain
+/// components), durably. It does not make the frame done: the frame itself comes last.
+fn store_output(dir: &std::path::Path, name: &str, temp: &std::path::Path) -> std::io::Result<()> {
+    let target = name.split('/').fold(dir.to_path_buf(), |p, c| p.join(c));
+    let parent = target.parent().unwrap_or(dir);
+    std::fs::create_dir_all(parent)?;
+    std::fs::rename(temp, &target)?;
+    std::fs::File::open(parent)?.sync_all()?;
+    debug!("stored {}", target.display());
+    Ok(())
 }

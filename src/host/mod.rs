@@ -25,8 +25,9 @@ use crate::{
     cli::{parse_addr, HostArgs},
     net::{self, Client, NetConfig, NetEvent, DEFAULT_PORT},
     protocol::{
-        is_frame_extension, truncate_utf8, BlobHash, FrameGrant, JobOffer, OfferedJob, SignedManifest, VolunteerCaps,
-        WorkRequest, WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, PROTOCOL_VERSION,
+        check_output_name, is_frame_extension, truncate_utf8, BlobHash, ExtraOutput, FrameGrant, JobOffer, OfferedJob,
+        SignedManifest, VolunteerCaps, WorkRequest, WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, MAX_EXTRA_OUTPUTS,
+        PROTOCOL_VERSION,
     },
     scheduler::{BlendVersion, FailOutcome, Grant, PeerCaps, Scheduler, SchedulerConfig, Verdict},
     store::{keys, state::StateStore},
@@ -370,11 +371,11 @@ impl Host {
                     WorkResponse::Discard
                 }
             }
-            WorkRequest::Rendered { job, frame, blend, blob, size, ext } => {
+            WorkRequest::Rendered { job, frame, blend, blob, size, ext, outputs } => {
                 if self.jobs.blend_of(&job) != Some(blend) {
                     return WorkResponse::Discard;
                 }
-                self.on_rendered(peer, job, frame, blob, size, ext)
+                self.on_rendered(peer, job, frame, (blob, size, ext), outputs)
             }
             WorkRequest::Failed { job, frame, blend, .. } if self.jobs.blend_of(&job) != Some(blend) => {
                 debug!("ignoring a failure of frame {frame} of an older version of {job} from {peer}");
@@ -396,24 +397,44 @@ impl Host {
         }
     }
 
+    /// A volunteer rendered a frame: check what it announces, then invite the upload of its File Output files and
+    /// of the frame itself.
     fn on_rendered(
         &mut self,
         peer: PeerId,
         job: String,
         frame: u32,
-        blob: BlobHash,
-        size: u64,
-        ext: String,
+        (blob, size, ext): (BlobHash, u64, String),
+        outputs: Vec<ExtraOutput>,
     ) -> WorkResponse {
         let ext = ext.to_ascii_lowercase();
         if !is_frame_extension(&ext) || size == 0 || size > MAX_BLOB_SIZE {
             warn!("{peer} reported frame {frame} of {job} as a {size}-byte .{ext} file; refusing it");
             return WorkResponse::Refused { reason: format!("a {size}-byte .{ext} frame is not acceptable") };
         }
+        if outputs.len() > MAX_EXTRA_OUTPUTS {
+            return WorkResponse::Refused { reason: format!("more than {MAX_EXTRA_OUTPUTS} File Output files") };
+        }
+        for output in &outputs {
+            if let Err(why) = check_output_name(&output.name) {
+                warn!("{peer} reported a File Output file {:?} for frame {frame} of {job}: {why}", output.name);
+                return WorkResponse::Refused {
+                    reason: format!("the output {:?} is not acceptable: {why}", output.name),
+                };
+            }
+            if output.size == 0 || output.size > MAX_BLOB_SIZE {
+                return WorkResponse::Refused { reason: format!("a {}-byte output is not acceptable", output.size) };
+            }
+        }
         match self.scheduler.rendered(&peer, &job, frame) {
             Verdict::Accept => {
                 let Some(blend) = self.jobs.blend_of(&job) else { return WorkResponse::Discard };
-                self.blob_server.expect(peer, blob, ExpectedUpload { job, frame, ext, size, blend });
+                let upload = ExpectedUpload { job, frame, ext, size, blend, output: None };
+                for output in outputs {
+                    let extra = ExpectedUpload { size: output.size, output: Some(output.name), ..upload.clone() };
+                    self.blob_server.expect(peer, output.blob, extra);
+                }
+                self.blob_server.expect(peer, blob, upload);
                 WorkResponse::Upload
             }
             Verdict::Discard => WorkResponse::Discard,

@@ -37,6 +37,9 @@ pub struct RenderedFrame {
     pub path: PathBuf,
     /// The image format's extension, lower case, without a dot.
     pub ext: String,
+    /// Files the scene's compositor File Output nodes wrote for this frame, with the names they get under the
+    /// owner's render folder.
+    pub outputs: Vec<(PathBuf, String)>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -120,10 +120,11 @@ def prepare(scene):
         # A movie container cannot be built frame by frame across machines;
         # frames travel as PNG and are assembled later.
         r.image_settings.file_format = "PNG"
-    # We add the extension ourselves; Blender would otherwise replace a stem's
-    # image-like suffix (".jpg", ".exr") and keep others (".0001"), so the
-    # written name could differ from the one we report.
-    r.use_file_extension = False
+    # We give write_still a path that already ends in the format's extension
+    # (the stem, frame_NNNN, has none Blender would replace), so the name
+    # written is the one we report. The setting stays on because compositor
+    # File Output nodes follow it: off, their files would have no extension.
+    r.use_file_extension = True
 
 
 def redirect_file_outputs(scene, out_dir):
@@ -134,7 +135,11 @@ def redirect_file_outputs(scene, out_dir):
     if tree is None:
         return
     for i, node in enumerate(n for n in tree.nodes if n.type == "OUTPUT_FILE"):
-        node.base_path = os.path.join(out_dir, "file_outputs", str(i)) + os.sep
+        if node.mute:
+            continue
+        # Keep the name part of the node's path ("//render/passes_" writes passes_0001.exr), drop its folder.
+        prefix = os.path.basename(node.base_path.replace("\\", "/"))
+        node.base_path = os.path.join(out_dir, "file_outputs", str(i), prefix)
 
 
 def render_one(scene, req):
@@ -154,8 +159,8 @@ def render_one(scene, req):
 
     redirect_file_outputs(scene, os.path.dirname(out))
     scene.frame_set(frame)
-    # write_still writes to render.filepath verbatim here: no '#' expansion,
-    # and no extension change because use_file_extension is off.
+    # write_still writes to render.filepath as given here: no '#' expansion,
+    # and the extension it would add is already there.
     scene.render.filepath = path
     started = time.perf_counter()
     bpy.ops.render.render(write_still=True)  # raises RuntimeError on failure

@@ -77,6 +77,6 @@ impl Renderer for FakeRenderer {
         tokio::fs::write(&path, Self::content(&name, request.frame))
             .await
             .map_err(|e| RenderError::new(format!("cannot write {}: {e}", path.display())))?;
-        Ok(RenderedFrame { path, ext: "png".into() })
+        Ok(RenderedFrame { path, ext: "png".into(), outputs: Vec::new() })
     }
 }

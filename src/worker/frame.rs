@@ -19,8 +19,8 @@ use super::{
 use crate::{
     net::Client,
     protocol::{
-        read_header, truncate_utf8, write_header, BlobHash, BlobReply, BlobRequest, FrameGrant, WorkRequest,
-        WorkResponse, BLOB_PROTOCOL, MAX_ERROR_TEXT,
+        read_header, truncate_utf8, write_header, BlobHash, BlobReply, BlobRequest, ExtraOutput, FrameGrant,
+        WorkRequest, WorkResponse, BLOB_PROTOCOL, MAX_ERROR_TEXT,
     },
     store::blobs::{hash_file, send_file, BlobStore},
 };
@@ -190,9 +190,15 @@ impl<R: Renderer> Slot<R> {
         }
     }
 
-    /// Announces the frame, pushes it if the host wants it, and waits until the host has stored it.
+    /// Announces the frame (and the files File Output nodes wrote for it), pushes them if the host wants them, the
+    /// frame last, and waits until the host has stored each.
     async fn deliver(&self, host: PeerId, grant: &FrameGrant, rendered: RenderedFrame) -> Result<(), String> {
         let (blob, size) = hash_file(&rendered.path).await.map_err(|e| e.to_string())?;
+        let mut outputs = Vec::with_capacity(rendered.outputs.len());
+        for (path, name) in &rendered.outputs {
+            let (blob, size) = hash_file(path).await.map_err(|e| e.to_string())?;
+            outputs.push(ExtraOutput { name: name.clone(), blob, size });
+        }
         let notice = WorkRequest::Rendered {
             job: grant.job.clone(),
             frame: grant.frame,
@@ -200,9 +206,15 @@ impl<R: Renderer> Slot<R> {
             blob,
             size,
             ext: rendered.ext.clone(),
+            outputs: outputs.clone(),
         };
         match self.client.request(host, notice).await.map_err(|e| e.to_string())? {
-            WorkResponse::Upload => self.upload(host, blob, size, &rendered).await.map_err(|e| format!("{e:#}")),
+            WorkResponse::Upload => {
+                for ((path, _), output) in rendered.outputs.iter().zip(&outputs) {
+                    self.upload(host, output.blob, output.size, path).await.map_err(|e| format!("{e:#}"))?;
+                }
+                self.upload(host, blob, size, &rendered.path).await.map_err(|e| format!("{e:#}"))
+            }
             WorkResponse::Discard => {
                 debug!("host no longer wants frame {} of {}", grant.frame, grant.job);
                 Ok(())
@@ -213,11 +225,11 @@ impl<R: Renderer> Slot<R> {
         Ok(())
     }
 
-    async fn upload(&self, host: PeerId, blob: BlobHash, size: u64, rendered: &RenderedFrame) -> anyhow::Result<()> {
+    async fn upload(&self, host: PeerId, blob: BlobHash, size: u64, path: &Path) -> anyhow::Result<()> {
         with_retries("uploading the frame", || async {
             let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
             write_header(&mut stream, &BlobRequest::Put { hash: blob, size }).await?;
-            send_file(&rendered.path, &mut stream).await?;
+            send_file(path, &mut stream).await?;
             stream.flush().await?;
             match read_header(&mut stream).await? {
                 BlobReply::Stored => Ok(()),

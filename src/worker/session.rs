@@ -22,6 +22,9 @@ use super::blender::{RenderError, RenderedFrame};
 
 /// Lines the driver prints for us start with this; everything else is Blender's own output.
 const MARK: &str = "@@BLENDERDIST@@ ";
+/// The folder (inside a frame's work folder) where the driver points compositor File Output nodes, one subfolder
+/// per node.
+const FILE_OUTPUTS: &str = "file_outputs";
 /// Lines of Blender's output kept for error reports.
 const TAIL_LINES: usize = 25;
 /// How long Blender may take to load a .blend and say it is ready.
@@ -202,9 +205,16 @@ impl Session {
         }
         // Blender's exit codes and messages lie; the file is the proof.
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() && m.len() > 0 => Ok(RenderedFrame { path, ext }),
-            _ => Err(error(format!("Blender reported frame {frame} saved but {} is missing or empty", path.display()))),
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            _ => {
+                let message =
+                    format!("Blender reported frame {frame} saved but {} is missing or empty", path.display());
+                return Err(error(message));
+            }
         }
+        let outputs_dir = out_stem.parent().map(|d| d.join(FILE_OUTPUTS)).unwrap_or_default();
+        let outputs = file_outputs(&outputs_dir).map_err(|e| error(format!("frame {frame}: {e}")))?;
+        Ok(RenderedFrame { path, ext, outputs })
     }
 
     /// Ends the session politely: the driver exits when its stdin closes.
@@ -262,4 +272,36 @@ async fn read_lines(pipe: impl AsyncRead + Unpin, tail: Tail, replies: Option<mp
         }
         tail.push_back(line);
     }
+}
+
+/// The files File Output nodes wrote under `dir` (`dir/<node>/<name>`), found by walking the folder rather than
+/// trusting anything printed on stdout; symbolic links are not followed. Each name must be one the owner accepts.
+fn file_outputs(dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut found = Vec::new();
+    let Ok(nodes) = std::fs::read_dir(dir) else { return Ok(found) };
+    let mut stack: Vec<(PathBuf, String)> = nodes.filter_map(|e| e.ok()).map(|e| (e.path(), String::new())).collect();
+    while let Some((path, name)) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(|e| format!("cannot list {}: {e}", path.display()))? {
+                let entry = entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+                let child = entry.file_name().to_string_lossy().into_owned();
+                let child_name = if name.is_empty() { child } else { format!("{name}/{child}") };
+                stack.push((entry.path(), child_name));
+            }
+        } else if meta.is_file() && meta.len() > 0 && !name.is_empty() {
+            if let Err(why) = crate::protocol::check_output_name(&name) {
+                return Err(format!("a File Output node wrote {name:?}, which cannot be returned to the owner: {why}"));
+            }
+            found.push((path, name));
+        }
+        if found.len() > crate::protocol::MAX_EXTRA_OUTPUTS {
+            return Err(format!(
+                "File Output nodes wrote more than {} files for one frame",
+                crate::protocol::MAX_EXTRA_OUTPUTS
+            ));
+        }
+    }
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(found)
 }
