@@ -196,6 +196,10 @@ pub struct VolunteerCaps {
     pub device: String,
     /// Whether Blender has OpenImageDenoise (Debian's 3.4 build has not).
     pub denoiser: bool,
+    /// Whether Eevee and Workbench render here (they need OpenGL; headless, Mesa's EGL can provide it). `None`
+    /// until the volunteer has tried, in the background after it starts.
+    #[serde(default)]
+    pub opengl: Option<bool>,
 }
 
 /// Owner → volunteer over [`WORK_PROTOCOL`].

@@ -50,6 +50,16 @@ pub fn can_hide_folders() -> bool {
 
 /// Starts a volunteer that cannot see `hidden` (each gets an empty tmpfs over it, in its own mount namespace).
 pub fn spawn_isolated_volunteer(hidden: &[&Path], cache: &Path, addr: &str, extra: &[&str]) -> Proc {
+    Proc(isolated_volunteer(hidden, cache, addr, extra).stdin(Stdio::null()).spawn().unwrap())
+}
+
+/// [`spawn_isolated_volunteer`] with its log (stderr) in `log`.
+pub fn spawn_isolated_volunteer_logged(hidden: &[&Path], cache: &Path, addr: &str, log: &Path) -> Proc {
+    let file = std::fs::File::create(log).unwrap();
+    Proc(isolated_volunteer(hidden, cache, addr, &[]).stdin(Stdio::null()).stderr(file).spawn().unwrap())
+}
+
+fn isolated_volunteer(hidden: &[&Path], cache: &Path, addr: &str, extra: &[&str]) -> Command {
     let mut script = String::from("set -e; ");
     for (i, _) in hidden.iter().enumerate() {
         script.push_str(&format!("mount -t tmpfs blenderdist-hidden \"${}\"; ", i + 1));
@@ -63,7 +73,7 @@ pub fn spawn_isolated_volunteer(hidden: &[&Path], cache: &Path, addr: &str, extr
     cmd.args(["-m", "sh", "-c", &script, "sh"]);
     cmd.args(hidden);
     cmd.arg(BIN).args(["join", addr, "--no-mdns", "--threads", "1", "--cache-dir"]).arg(cache).args(extra);
-    Proc(cmd.stdin(Stdio::null()).spawn().unwrap())
+    cmd
 }
 
 pub fn skip_without_blender() -> bool {

@@ -164,6 +164,34 @@ fn compositor_file_outputs_come_back_beside_the_frames() {
 }
 
 #[test]
+fn an_eevee_scene_renders_as_blender_does_and_volunteers_say_eevee_works() {
+    if skip_without_blender() {
+        return;
+    }
+    let dirs = Dirs::new();
+    let blend = dirs.jobdir.join("eevee.blend");
+    make_scene(&blend, 2, "32x24", 1);
+    let expr = "import bpy; s = bpy.context.scene; s.render.engine = 'BLENDER_EEVEE'; \
+                s.eevee.taa_render_samples = 4; bpy.ops.wm.save_mainfile()";
+    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&blend, &baseline);
+    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path()];
+    let log = dirs.root.path().join("volunteer.log");
+    let _a = spawn_isolated_volunteer_logged(&hidden, &dirs.cache("a"), &addr, &log);
+    write_job(&dirs.jobdir, "shot", "eevee.blend", 1, 2);
+    let out = dirs.renderdir.join("shot");
+    let names = frame_names(1, 2, "png");
+    wait_until_blocking("both frames", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
+    assert_eq!(files_in(&out), names, "{}", job_log(&dirs, "shot"));
+    assert_same_pixels(&baseline, &out, &names);
+    wait_until_blocking("the volunteer's OpenGL probe", LIMIT, || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("Eevee and Workbench render here")
+    });
+}
+
+#[test]
 fn a_changed_texture_restarts_the_job_and_only_the_texture_travels_again() {
     if skip_without_blender() {
         return;
@@ -211,7 +239,13 @@ fn write_png(path: &Path, rgb: [u8; 3]) {
 }
 
 fn caps(version: &str) -> Option<VolunteerCaps> {
-    Some(VolunteerCaps { blender: version.into(), build_hash: "test".into(), device: "CPU".into(), denoiser: false })
+    Some(VolunteerCaps {
+        blender: version.into(),
+        build_hash: "test".into(),
+        device: "CPU".into(),
+        denoiser: false,
+        opengl: None,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,7 +197,14 @@ impl Host {
             last: file.last,
             priority: file.priority,
             order: arrival_order(path),
-            needs: JobNeeds { saved_by: project.saved_by, denoiser: project.scene.denoising },
+            needs: JobNeeds {
+                saved_by: project.saved_by,
+                denoiser: project.scene.denoising,
+                opengl: matches!(
+                    project.scene.engine.as_str(),
+                    "BLENDER_EEVEE" | "BLENDER_EEVEE_NEXT" | "BLENDER_WORKBENCH"
+                ),
+            },
         };
         let (change, _recalls) = self.scheduler.upsert_job(desc, &done);
         self.blob_server.serve_job(&file.name, project.serve.clone());

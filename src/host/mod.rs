@@ -237,7 +237,7 @@ fn peer_caps(caps: VolunteerCaps) -> Option<PeerCaps> {
     let mut text = caps.blender;
     truncate_utf8(&mut text, 64);
     let blender = BlendVersion::from_blender_version_string(&text)?;
-    Some(PeerCaps { blender, blender_text: text, denoiser: caps.denoiser })
+    Some(PeerCaps { blender, blender_text: text, denoiser: caps.denoiser, opengl: caps.opengl })
 }
 
 fn to_wire(g: Grant) -> FrameGrant {

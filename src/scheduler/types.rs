@@ -65,6 +65,8 @@ pub struct JobNeeds {
     pub saved_by: Option<BlendVersion>,
     /// Cycles denoising is on: a Blender built without OpenImageDenoise fails every frame.
     pub denoiser: bool,
+    /// The scene renders with Eevee or Workbench, which need OpenGL.
+    pub opengl: bool,
 }
 
 /// What a volunteer's Blender can do, as it reported when it claimed. A peer that reported nothing (an older or
@@ -75,6 +77,8 @@ pub struct PeerCaps {
     /// The full version text, for messages (`3.4.1`).
     pub blender_text: String,
     pub denoiser: bool,
+    /// Whether Eevee works there; `None`: not known yet, so trusted.
+    pub opengl: Option<bool>,
 }
 
 impl JobNeeds {
@@ -87,6 +91,9 @@ impl JobNeeds {
         }
         if self.denoiser && !caps.denoiser {
             return Some("uses Cycles denoising, which needs a Blender built with OpenImageDenoise".into());
+        }
+        if self.opengl && caps.opengl == Some(false) {
+            return Some("renders with Eevee or Workbench, which need OpenGL, and Blender cannot start it".into());
         }
         None
     }

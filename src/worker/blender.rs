@@ -58,12 +58,21 @@ impl RenderError {
 /// Something that renders one frame. Implementations: [`BlenderRenderer`], and `FakeRenderer` for tests.
 pub trait Renderer: Send + Sync + 'static {
     fn render(&self, request: &RenderRequest) -> impl Future<Output = Result<RenderedFrame, RenderError>> + Send;
+
+    /// Whether Eevee (OpenGL) renders here; `None` when the renderer cannot tell.
+    fn probe_opengl(&self) -> impl Future<Output = Option<bool>> + Send {
+        async { None }
+    }
 }
 
 /// A shared renderer renders too, so tests can keep a handle on a fake one.
 impl<R: Renderer> Renderer for std::sync::Arc<R> {
     fn render(&self, request: &RenderRequest) -> impl Future<Output = Result<RenderedFrame, RenderError>> + Send {
         (**self).render(request)
+    }
+
+    fn probe_opengl(&self) -> impl Future<Output = Option<bool>> + Send {
+        (**self).probe_opengl()
     }
 }
 
@@ -148,7 +157,7 @@ async fn probe(program: &Path, device: &str) -> Result<VolunteerCaps, RenderErro
         )));
     }
     let (blender, build_hash, denoiser) = (found.blender, found.build_hash, found.denoiser);
-    Ok(VolunteerCaps { blender, build_hash, device: device.to_string(), denoiser })
+    Ok(VolunteerCaps { blender, build_hash, device: device.to_string(), denoiser, opengl: None })
 }
 
 impl BlenderRenderer {
@@ -198,7 +207,37 @@ impl BlenderRenderer {
     }
 }
 
+/// Renders an 8×8 Eevee frame and says whether it worked.
+const OPENGL_PROBE_PY: &str = r#"
+import bpy, os, sys, tempfile
+s = bpy.context.scene
+s.render.engine = "BLENDER_EEVEE"
+s.render.resolution_x = s.render.resolution_y = 8
+s.eevee.taa_render_samples = 1
+s.render.filepath = os.path.join(tempfile.mkdtemp(), "probe.png")
+try:
+    bpy.ops.render.render(write_still=True)
+    ok = os.path.getsize(s.render.filepath) > 0
+except Exception:
+    ok = False
+print("@@BLENDERDIST-OPENGL@@ " + ("yes" if ok else "no"))
+sys.stdout.flush()
+"#;
+
 impl Renderer for BlenderRenderer {
+    /// Three seconds of Blender on a machine without a GPU: run once, in the background, after the volunteer starts.
+    async fn probe_opengl(&self) -> Option<bool> {
+        let run = tokio::process::Command::new(&self.launch.program)
+            .args(["-b", "--factory-startup", "--disable-autoexec", "--python-expr", OPENGL_PROBE_PY])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(std::time::Duration::from_secs(120), run).await.ok()?.ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        Some(text.lines().any(|l| l == "@@BLENDERDIST-OPENGL@@ yes"))
+    }
+
     async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
         let mut session = match self.take_idle(&request.blend) {
             Some(session) => session,

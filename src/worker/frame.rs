@@ -71,8 +71,8 @@ pub(super) struct Slot<R> {
     pub work_dir: PathBuf,
     pub fetching: tokio::sync::Mutex<()>,
     pub next_dir: std::sync::atomic::AtomicU64,
-    /// Sent with every claim.
-    pub caps: Option<crate::protocol::VolunteerCaps>,
+    /// Sent with every claim; the OpenGL probe fills in its part once it has run.
+    pub caps: std::sync::Mutex<Option<crate::protocol::VolunteerCaps>>,
 }
 
 impl<R: Renderer> Slot<R> {
@@ -117,6 +117,11 @@ impl<R: Renderer> Slot<R> {
             warn!("could not return frame {frame} of {job} to {host}: {e}");
         }
         let _ = tokio::fs::remove_dir_all(out_dir).await;
+    }
+
+    /// What to tell owners this volunteer can do.
+    pub fn current_caps(&self) -> Option<crate::protocol::VolunteerCaps> {
+        self.caps.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A new, unique folder for one granted frame. Never job-named: a job name comes from the network and must not

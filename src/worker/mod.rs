@@ -135,8 +135,19 @@ pub fn start<R: Renderer>(
         work_dir,
         fetching: tokio::sync::Mutex::new(()),
         next_dir: Default::default(),
-        caps: config.caps.clone(),
+        caps: std::sync::Mutex::new(config.caps.clone()),
     });
+    if config.caps.is_some() {
+        // Whether Eevee works here takes a few seconds of Blender to learn: claims go out meanwhile without it.
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            let Some(works) = slot.renderer.probe_opengl().await else { return };
+            info!("Eevee and Workbench {}", if works { "render here" } else { "cannot render here (no OpenGL)" });
+            if let Some(caps) = slot.caps.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                caps.opengl = Some(works);
+            }
+        });
+    }
     let leases = Leases::default();
     let (draining_tx, draining) = watch::channel(false);
     let signals = slots::Signals { hosts, offers: offers.clone(), draining };

@@ -85,7 +85,7 @@ async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals:
     for host in known {
         match slot
             .client
-            .request(host, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: slot.caps.clone() })
+            .request(host, WorkRequest::Claim { version: PROTOCOL_VERSION, slots: 1, caps: slot.current_caps() })
             .await
         {
             Ok(WorkResponse::Granted(grants)) => {

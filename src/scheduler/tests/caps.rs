@@ -7,11 +7,12 @@ fn caps(version: &str, denoiser: bool) -> PeerCaps {
         blender: BlendVersion::from_blender_version_string(version).unwrap(),
         blender_text: version.to_owned(),
         denoiser,
+        opengl: None,
     }
 }
 
 fn needs(saved_by: Option<&str>, denoiser: bool) -> JobNeeds {
-    JobNeeds { saved_by: saved_by.and_then(BlendVersion::from_blender_version_string), denoiser }
+    JobNeeds { saved_by: saved_by.and_then(BlendVersion::from_blender_version_string), denoiser, opengl: false }
 }
 
 #[test]
@@ -26,6 +27,17 @@ fn needs_against_caps() {
         (needs(None, false), caps("3.4.1", false), None),
         (needs(Some("3.4"), true), caps("3.4.1", false), Some("OpenImageDenoise")),
         (needs(Some("3.4"), true), caps("4.2.0", true), None),
+        (
+            JobNeeds { opengl: true, ..needs(None, false) },
+            PeerCaps { opengl: Some(false), ..caps("3.4.1", false) },
+            Some("OpenGL"),
+        ),
+        (
+            JobNeeds { opengl: true, ..needs(None, false) },
+            PeerCaps { opengl: Some(true), ..caps("3.4.1", false) },
+            None,
+        ),
+        (JobNeeds { opengl: true, ..needs(None, false) }, caps("3.4.1", false), None),
     ];
     for (need, cap, why) in table {
         let got = need.unmet_by(cap);
