@@ -281,11 +281,17 @@ impl Host {
         self.rescan().await;
         loop {
             tokio::select! {
+                // In this order: volunteers' messages (renewals among them) are handled before the tick may expire
+                // a lease, so a busy loop never expires a lease whose renewal was already waiting.
+                biased;
                 _ = &mut shutdown => {
                     info!("host shutting down");
                     return Ok(());
                 }
-                Some(event) = events.recv() => self.on_net_event(event).await,
+                event = events.recv() => match event {
+                    Some(event) => self.on_net_event(event).await,
+                    None => anyhow::bail!("the network task stopped; the host can no longer hear volunteers"),
+                },
                 Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival),
                 // A job's project was prepared (or failed to be) in the background.
                 Some(done) = prepared.recv() => self.offer_now |= self.on_prepared(done),

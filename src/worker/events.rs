@@ -83,7 +83,8 @@ pub(super) async fn track_hosts(
             NetEvent::Incompatible { .. } | NetEvent::Listening(_) | NetEvent::ListenFailed(_) => {}
         }
     }
-    Ok(())
+    // The event loop owning the swarm is gone: carrying on would only look alive.
+    anyhow::bail!("the network task stopped; the volunteer can no longer reach any host")
 }
 
 /// Asks `owner` for its manifest and considers it, in the background.
