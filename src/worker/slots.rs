@@ -47,7 +47,7 @@ pub(super) async fn slot_loop<R: Renderer>(
                 }
             },
         };
-        let Prepared { host, grant, project, recalled } = current;
+        let Prepared { host, grant, project, lease, recalled } = current;
         // The next frame is claimed and its .blend fetched while this one renders.
         let prefetch = {
             let (slot, leases, signals) = (slot.clone(), leases.clone(), signals.clone());
@@ -62,7 +62,7 @@ pub(super) async fn slot_loop<R: Renderer>(
         let (delivery_slot, delivery_leases) = (slot.clone(), leases.clone());
         delivering = Some(tokio::spawn(async move {
             delivery_slot.report(host, &grant, outcome, &dir).await;
-            delivery_leases.release(host, &grant);
+            delivery_leases.release(lease);
         }));
         next = prefetch.await.ok().flatten();
     }
@@ -73,6 +73,7 @@ struct Prepared {
     host: PeerId,
     grant: FrameGrant,
     project: anyhow::Result<super::project::Layout>,
+    lease: super::leases::LeaseId,
     recalled: CancellationToken,
 }
 
@@ -92,9 +93,9 @@ async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals:
                 let mut grants = grants.into_iter();
                 let grant = grants.next()?;
                 // We asked for one; any extra frame would only wait for its lease to run out.
-                let recalled = leases.hold(host, &grant);
+                let (lease, recalled) = leases.hold(host, &grant);
                 let project = slot.fetch_project(host, &grant).await;
-                return Some(Prepared { host, grant, project, recalled });
+                return Some(Prepared { host, grant, project, lease, recalled });
             }
             Ok(WorkResponse::Refused { reason }) => warn!("host {host} refused work: {reason}"),
             Ok(WorkResponse::NoWork) => {}
