@@ -22,7 +22,7 @@ impl Host {
 
     fn store_frame(&mut self, peer: PeerId, upload: &ExpectedUpload, temp: &std::path::Path) -> Result<(), String> {
         let ExpectedUpload { job, frame, ext, blend, output, .. } = upload;
-        if self.jobs.blend_of(job) != Some(*blend) || self.scheduler.rendered(&peer, job, *frame) == Verdict::Discard {
+        if self.scheduler.rendered(&peer, job, *frame, *blend) == Verdict::Discard {
             return Err(format!("frame {frame} of {job} is no longer wanted"));
         }
         let dir = self.config.renderdir.join(job);

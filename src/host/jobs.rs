@@ -45,15 +45,6 @@ struct TrackedJob {
 }
 
 impl JobTable {
-    pub fn contains(&self, name: &str) -> bool {
-        self.jobs.contains_key(name)
-    }
-
-    /// The hash of the .blend a job renders now.
-    pub fn blend_of(&self, name: &str) -> Option<BlobHash> {
-        self.jobs.get(name).map(|t| t.blend)
-    }
-
     /// True the first time a frame of this job (in its current version) is granted, for the job log.
     pub fn first_grant(&mut self, name: &str) -> bool {
         match self.jobs.get_mut(name) {

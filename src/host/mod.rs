@@ -369,32 +369,26 @@ impl Host {
                 WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
             }
             WorkRequest::Renew { job, frame, blend } => {
-                if self.jobs.blend_of(&job) == Some(blend)
-                    && self.scheduler.renew(&peer, &job, frame, Instant::now().into_std())
-                {
+                if self.scheduler.renew(&peer, &job, frame, blend, Instant::now().into_std()) {
                     WorkResponse::Noted
                 } else {
                     WorkResponse::Discard
                 }
             }
             WorkRequest::Rendered { job, frame, blend, blob, size, ext, outputs } => {
-                if self.jobs.blend_of(&job) != Some(blend) {
-                    return WorkResponse::Discard;
-                }
-                self.on_rendered(peer, job, frame, (blob, size, ext), outputs)
+                self.on_rendered(peer, (job, frame, blend), (blob, size, ext), outputs)
             }
-            WorkRequest::Failed { job, frame, blend, .. } if self.jobs.blend_of(&job) != Some(blend) => {
-                debug!("ignoring a failure of frame {frame} of an older version of {job} from {peer}");
-                WorkResponse::Noted
-            }
-            WorkRequest::Failed { job, frame, mut error, .. } => {
+            WorkRequest::Failed { job, frame, blend, mut error } => {
                 truncate_utf8(&mut error, MAX_ERROR_TEXT);
-                warn!("frame {frame} of {job} failed on {peer}: {error}");
-                if self.jobs.contains(&job) {
-                    joblog::append(&self.config.jobdir, &job, &format!("frame {frame} failed on {peer}: {error}"));
+                let outcome = self.scheduler.frame_failed(&peer, &job, frame, blend, &error);
+                if outcome == FailOutcome::Ignored {
+                    debug!("ignoring a stale failure of frame {frame} of {job} from {peer}: {error}");
+                    return WorkResponse::Noted;
                 }
+                warn!("frame {frame} of {job} failed on {peer}: {error}");
+                joblog::append(&self.config.jobdir, &job, &format!("frame {frame} failed on {peer}: {error}"));
                 self.offer_now = true;
-                if let FailOutcome::JobFailed { reason } = self.scheduler.frame_failed(&peer, &job, frame, &error) {
+                if let FailOutcome::JobFailed { reason } = outcome {
                     warn!("job {job} failed: {reason}");
                     joblog::append(&self.config.jobdir, &job, &format!("job failed: {reason}"));
                 }
@@ -408,8 +402,7 @@ impl Host {
     fn on_rendered(
         &mut self,
         peer: PeerId,
-        job: String,
-        frame: u32,
+        (job, frame, blend): (String, u32, BlobHash),
         (blob, size, ext): (BlobHash, u64, String),
         outputs: Vec<ExtraOutput>,
     ) -> WorkResponse {
@@ -432,9 +425,8 @@ impl Host {
                 return WorkResponse::Refused { reason: format!("a {}-byte output is not acceptable", output.size) };
             }
         }
-        match self.scheduler.rendered(&peer, &job, frame) {
+        match self.scheduler.rendered(&peer, &job, frame, blend) {
             Verdict::Accept => {
-                let Some(blend) = self.jobs.blend_of(&job) else { return WorkResponse::Discard };
                 let upload = ExpectedUpload { job, frame, ext, size, blend, output: None };
                 for output in outputs {
                     let extra = ExpectedUpload { size: output.size, output: Some(output.name), ..upload.clone() };

@@ -77,6 +77,12 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.jobs.get_mut(self.keys.get(name)?)
     }
 
+    /// The job, if `version` (the hash a grant named) is its current one. Every message about a frame passes here:
+    /// nothing rendered from, renewed for or failed on a job's older files ever counts for its new ones.
+    fn current_mut(&mut self, name: &str, version: BlendHash) -> Option<&mut Job<P>> {
+        self.job_mut(name).filter(|j| j.desc.blend == version)
+    }
+
     /// Adds or updates a job. `done`: frames already finished (from durable state); ignored if outside the range,
     /// and ignored on [`JobChange::Restarted`]. For an existing job, listed frames are marked done too (durable state
     /// wins) and their holders recalled.
@@ -215,9 +221,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// Extends `peer`'s lease on a frame. False if it holds none (it expired, was recalled, or never existed): the
     /// peer should stop.
-    pub fn renew(&mut self, peer: &P, job: &str, frame: u32, now: Instant) -> bool {
+    pub fn renew(&mut self, peer: &P, job: &str, frame: u32, version: BlendHash, now: Instant) -> bool {
         let upload_timeout = self.config.upload_timeout;
-        let Some(holder) = self.job_mut(job).and_then(|j| j.holder_mut(peer, frame)) else {
+        let Some(holder) = self.current_mut(job, version).and_then(|j| j.holder_mut(peer, frame)) else {
             return false;
         };
         if holder.rendered_at.is_some_and(|t| now.saturating_duration_since(t) > upload_timeout) {
@@ -251,8 +257,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     ///
     /// An accepted holder stays a holder (it is not backed up, and not recalled when another copy wins), and its lease
     /// still expires: the caller renews it while the upload streams in.
-    pub fn rendered(&mut self, peer: &P, job: &str, frame: u32) -> Verdict {
-        let Some(job) = self.job_mut(job) else {
+    pub fn rendered(&mut self, peer: &P, job: &str, frame: u32, version: BlendHash) -> Verdict {
+        let Some(job) = self.current_mut(job, version) else {
             return Verdict::Discard;
         };
         match job.state(frame) {
@@ -281,9 +287,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// `peer` failed to render a frame. Its lease is dropped and the frame goes back to the queue for other peers;
     /// the failure counts towards the frame (`max_frame_failures` distinct peers fail the job, with a reason quoting
     /// `error`) and towards the peer (`max_peer_failures` distinct frames blocklist it for this job).
-    pub fn frame_failed(&mut self, peer: &P, job: &str, frame: u32, error: &str) -> FailOutcome {
+    pub fn frame_failed(&mut self, peer: &P, job: &str, frame: u32, version: BlendHash, error: &str) -> FailOutcome {
         let max_frame_failures = self.config.max_frame_failures.max(1) as usize;
-        let Some(j) = self.job_mut(job) else {
+        let Some(j) = self.current_mut(job, version) else {
             return FailOutcome::Ignored;
         };
         match j.state(frame) {

@@ -82,6 +82,11 @@ impl Harness {
         self.start + secs(t)
     }
 
+    /// The job's current version: scenario steps speak for volunteers holding a grant of it.
+    fn version(&self, job: &str) -> BlendHash {
+        self.s.job(job).map_or(blend(1), |j| j.desc.blend)
+    }
+
     fn run(&mut self, steps: Vec<Step>) {
         for (i, step) in steps.into_iter().enumerate() {
             let context = format!("step {i}: {step:?}");
@@ -104,11 +109,18 @@ impl Harness {
                 let got: Vec<(&str, u32)> = got.iter().map(|g| (g.job.as_str(), g.frame)).collect();
                 assert_eq!(got, frames, "{context}");
             }
-            Renew(peer, job, frame, t, ok) => assert_eq!(self.s.renew(&peer, job, frame, self.at(t)), ok, "{context}"),
-            Rendered(peer, job, frame, verdict) => assert_eq!(self.s.rendered(&peer, job, frame), verdict, "{context}"),
+            Renew(peer, job, frame, t, ok) => {
+                let version = self.version(job);
+                assert_eq!(self.s.renew(&peer, job, frame, version, self.at(t)), ok, "{context}")
+            }
+            Rendered(peer, job, frame, verdict) => {
+                let version = self.version(job);
+                assert_eq!(self.s.rendered(&peer, job, frame, version), verdict, "{context}")
+            }
             Stored(job, frame, recalls) => assert_recalls(self.s.frame_stored(job, frame), recalls, context),
             Failed(peer, job, frame, error, expected) => {
-                let got = self.s.frame_failed(&peer, job, frame, error);
+                let version = self.version(job);
+                let got = self.s.frame_failed(&peer, job, frame, version, error);
                 match (&got, expected) {
                     (FailOutcome::Retry, Fail::Retry) | (FailOutcome::Ignored, Fail::Ignored) => {}
                     (FailOutcome::JobFailed { reason }, Fail::JobFailed(text)) if reason.contains(text) => {}
@@ -325,8 +337,8 @@ fn huge_range_is_capped() {
     assert_eq!(s.status("huge"), Some(st(MAX_JOB_FRAMES, 1, 0, MAX_JOB_FRAMES - 1)));
     let frames: Vec<u32> = s.claim(&"a", 2, now).iter().map(|g| g.frame).collect();
     assert_eq!(frames, vec![0, 2]);
-    assert_eq!(s.rendered(&"a", "huge", u32::MAX), Verdict::Discard);
-    assert_eq!(s.rendered(&"a", "huge", MAX_JOB_FRAMES), Verdict::Discard);
+    assert_eq!(s.rendered(&"a", "huge", u32::MAX, blend(1)), Verdict::Discard);
+    assert_eq!(s.rendered(&"a", "huge", MAX_JOB_FRAMES, blend(1)), Verdict::Discard);
 }
 
 /// A 100,000-frame job is claimed through in small batches without per-claim scans, with requeues mixed in.
@@ -351,7 +363,7 @@ fn hundred_thousand_frames_claim_through_quickly() {
                 assert_eq!(s.peer_gone(peer), vec![("big".to_owned(), g.frame)]);
                 continue;
             }
-            assert_eq!(s.rendered(peer, "big", g.frame), Verdict::Accept);
+            assert_eq!(s.rendered(peer, "big", g.frame, blend(1)), Verdict::Accept);
             assert!(s.frame_stored("big", g.frame).is_empty());
             stored += 1;
         }

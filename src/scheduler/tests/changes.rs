@@ -122,3 +122,25 @@ fn peer_gone_requeues_its_frames() {
         ],
     );
 }
+
+/// The one rule for every message about a frame: it counts only for the version the job has now.
+#[test]
+fn messages_about_an_older_version_never_count() {
+    let mut s = S::new(SchedulerConfig::default());
+    let now = Instant::now();
+    s.upsert_job(desc("j", 1, 2, 0, 0), &[]);
+    assert_eq!(s.claim(&"a", 1, now)[0].blend, blend(1));
+    // A texture changed: the job restarts with a new version, and "a" is granted frame 1 of it.
+    s.upsert_job(JobDesc { blend: blend(2), ..desc("j", 1, 2, 0, 0) }, &[]);
+    assert_eq!(s.claim(&"a", 1, now)[0].blend, blend(2));
+    // (peer, version) → what a renewal, a result and a failure report get.
+    let table = [
+        (blend(1), false, Verdict::Discard, FailOutcome::Ignored),
+        (blend(2), true, Verdict::Accept, FailOutcome::Retry),
+    ];
+    for (version, renewed, verdict, failure) in table {
+        assert_eq!(s.renew(&"a", "j", 1, version, now), renewed, "{version:?}");
+        assert_eq!(s.rendered(&"a", "j", 1, version), verdict, "{version:?}");
+        assert_eq!(s.frame_failed(&"a", "j", 1, version, "boom"), failure, "{version:?}");
+    }
+}

@@ -231,15 +231,15 @@ fn an_upload_that_never_arrives_stops_being_renewed_and_the_frame_moves_on() {
     let t0 = Instant::now();
     s.upsert_job(desc("j", 1, 1, 0, 0), &[]);
     assert_eq!(s.claim(&"a", 1, t0).len(), 1);
-    assert_eq!(s.rendered(&"a", "j", 1), Verdict::Accept);
+    assert_eq!(s.rendered(&"a", "j", 1, blend(1)), Verdict::Accept);
     // Renewed while the upload is reasonably young...
-    assert!(s.renew(&"a", "j", 1, t0 + secs(30)));
-    assert!(s.renew(&"a", "j", 1, t0 + secs(55)));
+    assert!(s.renew(&"a", "j", 1, blend(1), t0 + secs(30)));
+    assert!(s.renew(&"a", "j", 1, blend(1), t0 + secs(55)));
     // ...but not forever: past the upload timeout the renewal is refused and the lease runs out.
-    assert!(!s.renew(&"a", "j", 1, t0 + secs(61)));
+    assert!(!s.renew(&"a", "j", 1, blend(1), t0 + secs(61)));
     let expired = s.tick(t0 + secs(61) + SchedulerConfig::default().lease_timeout);
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(s.claim(&"b", 1, t0 + secs(100)).len(), 1, "the frame did not go to another volunteer");
     // The slow upload is still welcome if it arrives first.
-    assert_eq!(s.rendered(&"a", "j", 1), Verdict::Accept);
+    assert_eq!(s.rendered(&"a", "j", 1, blend(1)), Verdict::Accept);
 }

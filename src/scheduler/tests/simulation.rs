@@ -46,13 +46,13 @@ fn simulated_farm_finishes_every_frame_once() {
             match rng.below(20) {
                 _ if broken(peer) => {
                     assert!(matches!(
-                        s.frame_failed(&peer, &job, frame, "no gpu"),
+                        s.frame_failed(&peer, &job, frame, blend(1), "no gpu"),
                         FailOutcome::Retry | FailOutcome::Ignored
                     ));
                     failed_by.insert((peer, job, frame));
                 }
                 0..=9 => {
-                    if s.rendered(&peer, &job, frame) == Verdict::Accept {
+                    if s.rendered(&peer, &job, frame, blend(1)) == Verdict::Accept {
                         let already = s.status(&job).map(|st| st.done);
                         s.frame_stored(&job, frame);
                         if s.status(&job).map(|st| st.done) != already {
@@ -65,7 +65,7 @@ fn simulated_farm_finishes_every_frame_once() {
                 }
                 11 => {} // silent: the lease will expire
                 _ => {
-                    if s.renew(&peer, &job, frame, now) {
+                    if s.renew(&peer, &job, frame, blend(1), now) {
                         still.push((peer, job, frame));
                     }
                 }
