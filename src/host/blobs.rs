@@ -142,6 +142,11 @@ impl BlobServer {
         lock(&self.inner.builds).extend(builds);
     }
 
+    /// Every file served for some job now.
+    pub fn served_paths(&self) -> std::collections::HashSet<PathBuf> {
+        lock(&self.inner.served).values().flat_map(|blobs| blobs.values().cloned()).collect()
+    }
+
     /// Invites `peer` to upload `hash` for a frame. A newer invitation for the same frame replaces the older one,
     /// so a peer cannot pile up invitations (and temp files) by announcing the same frame again and again.
     pub fn expect(&self, peer: PeerId, hash: BlobHash, upload: ExpectedUpload) {

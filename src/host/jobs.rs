@@ -199,6 +199,9 @@ impl Host {
         };
         let (change, _recalls) = self.scheduler.upsert_job(desc, &done);
         self.blob_server.serve_job(&file.name, project.serve.clone());
+        if change == JobChange::Restarted {
+            self.forget_old_files(&file.name);
+        }
         let what = match change {
             JobChange::Added => "accepted",
             JobChange::Updated => "updated",
@@ -240,9 +243,17 @@ impl Host {
     fn cancel_job(&mut self, name: &str, why: &str) {
         self.jobs.jobs.remove(name);
         self.blob_server.serve_job(name, Vec::new());
+        self.forget_old_files(name);
         let recalls = self.scheduler.remove_job(name);
         info!("job {name} cancelled ({why}); {} frames in flight recalled", recalls.len());
         joblog::append(&self.config.jobdir, name, &format!("cancelled: {why}"));
+    }
+
+    /// Keeps the host's memory bounded by its current jobs: grant times of a job that was removed or restarted, and
+    /// the hashes and traces of files no job uses any more.
+    fn forget_old_files(&mut self, name: &str) {
+        self.grant_times.retain(|(job, _), _| job != name);
+        self.preparer.retain(&self.blob_server.served_paths());
     }
 
     /// Says once in each job's log that no volunteer can render it, and why; the job waits meanwhile.

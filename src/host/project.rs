@@ -94,6 +94,14 @@ impl Preparer {
         Ok(Self { blender, script, dir: dir.to_path_buf(), hashes: Mutex::default(), traces: Mutex::default() })
     }
 
+    /// Forgets the hashes and traces of files not in `keep` (the files the host's current jobs use), so the host's
+    /// memory follows its jobs rather than every file it ever hashed. A job being prepared meanwhile only hashes
+    /// again what it loses here.
+    pub fn retain(&self, keep: &std::collections::HashSet<PathBuf>) {
+        lock(&self.hashes).retain(|path, _| keep.contains(path));
+        lock(&self.traces).retain(|blend, _| keep.contains(blend));
+    }
+
     /// Hashes `path` unless it is unchanged since it was last hashed.
     async fn hash(&self, path: &Path) -> Result<(BlobHash, u64), crate::store::blobs::BlobError> {
         let before = stamp(path);
