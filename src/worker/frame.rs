@@ -22,12 +22,26 @@ use crate::{
         read_header, truncate_utf8, write_header, BlobHash, BlobReply, BlobRequest, ExtraOutput, FrameGrant,
         WorkRequest, WorkResponse, BLOB_PROTOCOL, MAX_ERROR_TEXT,
     },
-    store::blobs::{hash_file, send_file, BlobStore},
+    store::blobs::{hash_file, send_file, BlobError, BlobStore},
 };
 
 /// Blob exchanges are tried this often: an owner busy accepting other streams drops new ones (libp2p-stream keeps
 /// no backlog), and a dropped stream is worth another try, not a lost frame.
 const BLOB_ATTEMPTS: u32 = 6;
+
+/// How long an owner may take to answer a blob request before the exchange is tried again.
+const HEADER_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an owner may take to store an uploaded frame (rename, fsync, commit) and say so.
+const STORED_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The owner's reply header, or a transport failure (tried again) if it does not come in time: an owner that
+/// stops answering must not hold a render slot forever.
+async fn reply(stream: &mut libp2p::Stream, limit: Duration) -> Result<BlobReply, Exchange> {
+    match tokio::time::timeout(limit, read_header(stream)).await {
+        Ok(header) => Ok(header?),
+        Err(_) => Err(Exchange::Transport(anyhow::anyhow!("the owner did not answer within {} s", limit.as_secs()))),
+    }
+}
 
 /// Runs a blob exchange until it succeeds, fails for a reason other than the transport, or runs out of attempts.
 async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
@@ -161,9 +175,14 @@ impl<R: Renderer> Slot<R> {
         with_retries("fetching a blob", || async {
             let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
             write_header(&mut stream, &BlobRequest::Get { hash }).await?;
-            match read_header(&mut stream).await? {
+            match reply(&mut stream, HEADER_REPLY_TIMEOUT).await? {
                 BlobReply::Found { size } if size == expected => {
-                    Ok(self.blobs.receive(&hash, size, &mut stream).await?)
+                    match self.blobs.receive(&hash, size, &mut stream).await {
+                        Ok(path) => Ok(path),
+                        // The owner sent other bytes than it named: asking again would get the same bytes.
+                        Err(e @ BlobError::HashMismatch { .. }) => Err(Exchange::Final(e.into())),
+                        Err(e) => Err(Exchange::Transport(e.into())),
+                    }
                 }
                 BlobReply::Found { size } => {
                     Err(Exchange::Final(anyhow::anyhow!("the host offers {size} bytes for a {expected}-byte blob")))
@@ -236,7 +255,7 @@ impl<R: Renderer> Slot<R> {
             write_header(&mut stream, &BlobRequest::Put { hash: blob, size }).await?;
             send_file(path, &mut stream).await?;
             stream.flush().await?;
-            match read_header(&mut stream).await? {
+            match reply(&mut stream, STORED_REPLY_TIMEOUT).await? {
                 BlobReply::Stored => Ok(()),
                 BlobReply::Refused { reason } => {
                     Err(Exchange::Final(anyhow::anyhow!("the host refused the frame: {reason}")))
