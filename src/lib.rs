@@ -1,6 +1,7 @@
 //! blenderdist: a peer-to-peer render farm for Blender.
 //!
 //! # Layout
+//! - [`blender_scripts`]: the Python run inside Blender (render driver, dependency tracer), embedded.
 //! - [`blendfile`]: reads .blend files without Blender: the version that saved one, and rewriting absolute paths.
 //! - [`cli`]: the command line (clap), and the conversion of its addresses into multiaddrs.
 //! - [`protocol`]: every wire type, the protocol names and the size limits.
@@ -12,6 +13,7 @@
 //! - [`worker::blender`]: the only code that starts Blender.
 //! - [`update`]: self-update: signed manifests, the owner's relaunch, volunteers fetching and switching builds.
 
+pub mod blender_scripts;
 pub mod blendfile;
 pub mod cli;
 pub mod host;

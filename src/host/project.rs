@@ -90,7 +90,7 @@ impl Preparer {
     pub fn new(blender: Option<PathBuf>, dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.join("manifests"))?;
         let script = dir.join("blenderdist_deps.py");
-        std::fs::write(&script, trace::DEPS_PY)?;
+        std::fs::write(&script, crate::blender_scripts::DEPS_PY)?;
         Ok(Self { blender, script, dir: dir.to_path_buf(), hashes: Mutex::default(), traces: Mutex::default() })
     }
 

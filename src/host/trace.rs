@@ -13,8 +13,6 @@ use serde::Deserialize;
 
 use crate::protocol::FileKind;
 
-/// The tracer Blender runs; written into the host's state folder at start.
-pub const DEPS_PY: &str = include_str!("deps.py");
 /// A tracer that takes longer than this is stopped (loading a huge scene takes a while, never this long).
 const TRACE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Largest tracer output read back.

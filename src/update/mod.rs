@@ -35,8 +35,9 @@ pub async fn self_check(program: &Path) -> Result<(), String> {
 /// The checks `--self-check` runs in the new build before an old one hands over to it.
 pub fn run_self_check() -> Result<String, String> {
     tokio::runtime::Runtime::new().map_err(|e| format!("no async runtime: {e}"))?;
-    if !crate::worker::blender::DRIVER_PY.contains("@@BLENDERDIST@@") {
-        return Err("the embedded Blender driver is missing".into());
+    use crate::blender_scripts::{DEPS_PY, DRIVER_MARK, DRIVER_PY};
+    if !DRIVER_PY.contains(DRIVER_MARK) || !DEPS_PY.contains("--out") {
+        return Err("the embedded Blender scripts are missing".into());
     }
     let key = libp2p::identity::Keypair::generate_ed25519();
     key.sign(b"check").map_err(|e| format!("cannot sign: {e}"))?;

@@ -18,9 +18,6 @@ use std::{
 use super::session::{Launch, Limits, Session};
 use crate::protocol::VolunteerCaps;
 
-/// The driver Blender runs; written next to the cache so Blender can read it.
-pub const DRIVER_PY: &str = include_str!("driver.py");
-
 #[derive(Debug, Clone)]
 pub struct RenderRequest {
     pub blend: PathBuf,
@@ -167,7 +164,7 @@ impl BlenderRenderer {
             .await
             .map_err(|e| RenderError::new(format!("cannot create {}: {e}", work_dir.display())))?;
         let driver = work_dir.join("blenderdist_driver.py");
-        tokio::fs::write(&driver, DRIVER_PY)
+        tokio::fs::write(&driver, crate::blender_scripts::DRIVER_PY)
             .await
             .map_err(|e| RenderError::new(format!("cannot write {}: {e}", driver.display())))?;
         let caps = probe(&program, &options.device).await?;
