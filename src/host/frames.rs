@@ -5,7 +5,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     blobs::{ExpectedUpload, FrameArrived},
-    joblog, Host,
+    Host,
 };
 use crate::scheduler::Verdict;
 
@@ -51,11 +51,11 @@ impl Host {
         }
         let took = self.grant_times.remove(&(job.clone(), *frame)).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
         info!("frame {frame} of {job} done by {peer} in {took:.1}s: {}", target.display());
-        joblog::append(&self.config.jobdir, job, &format!("frame {frame} done by {peer} in {took:.1}s"));
+        self.joblog.append(job, &format!("frame {frame} done by {peer} in {took:.1}s"));
         if let Some(status) = self.scheduler.status(job) {
             if status.finished && self.report_finished(job) {
                 info!("job {job} finished: {} frames in {}", status.total, dir.display());
-                joblog::append(&self.config.jobdir, job, &format!("finished: {} frames", status.total));
+                self.joblog.append(job, &format!("finished: {} frames", status.total));
             }
         }
         Ok(())

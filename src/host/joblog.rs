@@ -1,19 +1,46 @@
 //! The per-job log `JOBDIR/NAME.log` that an owner reads to see what happened to a job.
+//!
+//! Appending is file I/O, so the host's event loop never does it: [`JobLog::append`] stamps the line and hands it to
+//! a writer thread of its own, which appends lines in the order they were given. Failing to log never stops the
+//! farm; errors are reported in the host's own log.
 
-use std::{io::Write, path::Path};
+use std::{io::Write, path::PathBuf, sync::mpsc};
 
 use tracing::warn;
 
-/// Appends one timestamped line to `JOBDIR/NAME.log`. Failing to log never stops the farm, so errors are only
-/// reported in the host's own log.
-pub fn append(jobdir: &Path, name: &str, line: &str) {
+/// A handle on the writer thread; cheap to clone. The thread ends, having written every line, when the last handle
+/// is dropped.
+#[derive(Clone)]
+pub struct JobLog {
+    lines: mpsc::Sender<(String, String)>,
+}
+
+impl JobLog {
+    /// Starts the writer thread for logs in `jobdir`.
+    pub fn start(jobdir: PathBuf) -> Self {
+        let (lines, queue) = mpsc::channel::<(String, String)>();
+        std::thread::Builder::new()
+            .name("blenderdist-joblog".into())
+            .spawn(move || {
+                for (name, line) in queue {
+                    write_line(&jobdir, &name, &line);
+                }
+            })
+            .map_err(|e| warn!("cannot start the job log writer: {e}"))
+            .ok();
+        Self { lines }
+    }
+
+    /// Appends one timestamped line to `JOBDIR/NAME.log`, without waiting for the disk.
+    pub fn append(&self, name: &str, line: &str) {
+        let _ = self.lines.send((name.to_string(), format!("{} {line}", humantime_now())));
+    }
+}
+
+fn write_line(jobdir: &std::path::Path, name: &str, line: &str) {
     let path = jobdir.join(format!("{name}.log"));
-    let stamp = humantime_now();
-    let result = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| writeln!(f, "{stamp} {line}"));
+    let result =
+        std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
     if let Err(e) = result {
         warn!("cannot write {}: {e}", path.display());
     }
@@ -43,6 +70,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lines_are_written_in_order_off_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = super::JobLog::start(dir.path().to_path_buf());
+        for i in 0..100 {
+            log.append("shot", &format!("line {i}"));
+        }
+        drop(log);
+        let path = dir.path().join("shot.log");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let lines = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 100 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let numbers: Vec<&str> = lines.lines().map(|l| l.rsplit(' ').next().unwrap_or_default()).collect();
+        let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        assert_eq!(numbers, want);
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));

@@ -9,7 +9,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::{jobfile, joblog, project::Prepared, Host};
+use super::{jobfile, project::Prepared, Host};
 use crate::{
     protocol::BlobHash,
     scheduler::{JobChange, JobDesc, JobNeeds},
@@ -218,10 +218,10 @@ impl Host {
             project.summary,
         );
         info!("job {}: {line}", file.name);
-        joblog::append(&self.config.jobdir, &file.name, &line);
+        self.joblog.append(&file.name, &line);
         for warning in &project.warnings {
             warn!("job {}: {warning}", file.name);
-            joblog::append(&self.config.jobdir, &file.name, &format!("warning: {warning}"));
+            self.joblog.append(&file.name, &format!("warning: {warning}"));
         }
         Ok(())
     }
@@ -234,7 +234,7 @@ impl Host {
         }
         if self.jobs.errors.get(name) != Some(&reason) {
             warn!("job {name}: {reason}");
-            joblog::append(&self.config.jobdir, name, &format!("rejected: {reason}"));
+            self.joblog.append(name, &format!("rejected: {reason}"));
             self.jobs.errors.insert(name.to_string(), reason);
         }
         changed
@@ -246,7 +246,7 @@ impl Host {
         self.forget_old_files(name);
         let recalls = self.scheduler.remove_job(name);
         info!("job {name} cancelled ({why}); {} frames in flight recalled", recalls.len());
-        joblog::append(&self.config.jobdir, name, &format!("cancelled: {why}"));
+        self.joblog.append(name, &format!("cancelled: {why}"));
     }
 
     /// Keeps the host's memory bounded by its current jobs: grant times of a job that was removed or restarted, and
@@ -262,7 +262,7 @@ impl Host {
         for (job, reason) in &now {
             if self.jobs.waiting.get(job) != Some(reason) {
                 warn!("job {job} waits: no volunteer can render it: {reason}");
-                joblog::append(&self.config.jobdir, job, &format!("waiting: no volunteer can render it: {reason}"));
+                self.joblog.append(job, &format!("waiting: no volunteer can render it: {reason}"));
             }
         }
         self.jobs.waiting = now;

@@ -189,6 +189,7 @@ pub async fn start(
         .with_context(|| format!("cannot prepare {}", config.state_dir.join("projects").display()))?;
     let (prepared_tx, prepared) = mpsc::channel(16);
     let mut host = Host {
+        joblog: joblog::JobLog::start(config.jobdir.clone()),
         preparer: std::sync::Arc::new(preparer),
         prepared_tx,
         scheduler: Scheduler::new(config.scheduler),
@@ -251,6 +252,8 @@ struct Host {
     scheduler: Scheduler<PeerId>,
     jobs: jobs::JobTable,
     blob_server: BlobServer,
+    /// Writes `JOBDIR/NAME.log` from a thread of its own.
+    joblog: joblog::JobLog,
     /// Prepares jobs' projects (finds, hashes and lists their files) in background tasks.
     preparer: std::sync::Arc<project::Preparer>,
     /// Where those tasks send their results.
@@ -363,7 +366,7 @@ impl Host {
                     debug!("frame {} of {} granted to {peer}", g.frame, g.job);
                     self.grant_times.insert((g.job.clone(), g.frame), now);
                     if self.jobs.first_grant(&g.job) {
-                        joblog::append(&self.config.jobdir, &g.job, &format!("started: frame {} to {peer}", g.frame));
+                        self.joblog.append(&g.job, &format!("started: frame {} to {peer}", g.frame));
                     }
                 }
                 WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
@@ -386,11 +389,11 @@ impl Host {
                     return WorkResponse::Noted;
                 }
                 warn!("frame {frame} of {job} failed on {peer}: {error}");
-                joblog::append(&self.config.jobdir, &job, &format!("frame {frame} failed on {peer}: {error}"));
+                self.joblog.append(&job, &format!("frame {frame} failed on {peer}: {error}"));
                 self.offer_now = true;
                 if let FailOutcome::JobFailed { reason } = outcome {
                     warn!("job {job} failed: {reason}");
-                    joblog::append(&self.config.jobdir, &job, &format!("job failed: {reason}"));
+                    self.joblog.append(&job, &format!("job failed: {reason}"));
                 }
                 WorkResponse::Noted
             }
