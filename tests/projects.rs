@@ -223,6 +223,10 @@ fn a_changed_texture_restarts_the_job_and_only_the_texture_travels_again() {
     assert_same_pixels(&baseline, &out, &names);
     // Only the texture and the job's new manifest travelled.
     assert_eq!(cached_blobs(&cache), before + 2, "more than the changed texture was fetched again");
+    // And the new version was laid out over the old one (only its images replaced), so the Blender already open on
+    // the scene rendered it, with the new texture reloaded.
+    let layouts: Vec<String> = files_in(&cache.join("projects")).into_iter().filter(|n| !n.starts_with('.')).collect();
+    assert_eq!(layouts.len(), 1, "{layouts:?}");
 }
 
 /// A solid 16x16 PNG.

@@ -14,7 +14,12 @@ pub mod project;
 mod trace;
 mod watch;
 
-use std::{collections::HashMap, future::Future, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
@@ -297,9 +302,20 @@ impl Host {
                 },
                 Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival),
                 // A job's project was prepared (or failed to be) in the background.
-                Some(done) = prepared.recv() => self.offer_now |= self.on_prepared(done),
-                // A change in JOBDIR (or the periodic fallback for file systems notify cannot watch).
-                _ = watcher.changed() => self.offer_now |= self.rescan().await,
+                Some(done) = prepared.recv() => {
+                    if self.on_prepared(done) {
+                        self.offer_now = true;
+                        watcher.watch_folders(self.project_folders());
+                    }
+                }
+                // A change in JOBDIR or in a folder of jobs' files (or the periodic fallback for file systems
+                // notify cannot watch).
+                _ = watcher.changed() => {
+                    if self.rescan().await {
+                        self.offer_now = true;
+                        watcher.watch_folders(self.project_folders());
+                    }
+                }
                 _ = tick.tick() => {
                     self.report_unservable();
                     for recall in self.scheduler.tick(Instant::now().into_std()) {
@@ -313,6 +329,13 @@ impl Host {
                 self.publish_offer().await;
             }
         }
+    }
+
+    /// The folders holding files the current jobs use (not the host's own state folder).
+    fn project_folders(&self) -> std::collections::HashSet<PathBuf> {
+        let paths = self.blob_server.served_paths();
+        let folders = paths.iter().filter_map(|p| p.parent()).filter(|f| !f.starts_with(&self.config.state_dir));
+        folders.map(Path::to_path_buf).collect()
     }
 
     async fn publish_offer(&mut self) {

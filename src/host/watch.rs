@@ -1,7 +1,11 @@
-//! Tells the host when JOBDIR may have changed: at once through notify, and every second regardless, because
-//! notify is blind on some file systems (network mounts, some containers).
+//! Tells the host when JOBDIR, or a folder holding files its jobs use, may have changed: at once through notify, and
+//! every second regardless, because notify is blind on some file systems (network mounts, some containers).
 
-use std::{path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -9,10 +13,14 @@ use tracing::warn;
 
 /// The fallback rescan period; also the bound on how late a change is seen.
 const RESCAN: Duration = Duration::from_secs(1);
+/// Most folders of jobs' files watched through notify (each costs an inotify watch); the rest rely on the rescan.
+const MAX_WATCHED_FOLDERS: usize = 1024;
 
 pub struct JobDirWatcher {
     /// Kept alive for as long as we want notify events.
-    _watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Folders of jobs' files being watched besides JOBDIR.
+    folders: HashSet<PathBuf>,
     events: mpsc::Receiver<()>,
     rescan: tokio::time::Interval,
 }
@@ -39,7 +47,26 @@ impl JobDirWatcher {
                 None
             }
         };
-        Self { _watcher: watcher, events, rescan: tokio::time::interval(RESCAN) }
+        Self { watcher, folders: HashSet::new(), events, rescan: tokio::time::interval(RESCAN) }
+    }
+
+    /// Watches exactly these folders of jobs' files from now on (besides JOBDIR), so a repainted texture is noticed
+    /// at once rather than at the next rescan.
+    pub fn watch_folders(&mut self, mut wanted: HashSet<PathBuf>) {
+        let Some(watcher) = self.watcher.as_mut() else { return };
+        if wanted.len() > MAX_WATCHED_FOLDERS {
+            let mut sorted: Vec<PathBuf> = wanted.into_iter().collect();
+            sorted.sort();
+            wanted = sorted.into_iter().take(MAX_WATCHED_FOLDERS).collect();
+        }
+        for gone in self.folders.difference(&wanted) {
+            let _ = watcher.unwatch(gone);
+        }
+        for new in wanted.difference(&self.folders) {
+            // A folder that cannot be watched is still rescanned every second.
+            let _ = watcher.watch(new, RecursiveMode::NonRecursive);
+        }
+        self.folders = wanted;
     }
 
     /// Resolves when the folder should be rescanned. Cancellation-safe: it is one arm of the host's `select!`.

@@ -127,6 +127,49 @@ def prepare(scene):
     r.use_file_extension = True
 
 
+# What each image's files looked like when last seen: (path, inode, mtime, size) per file.
+_image_files_seen = {}
+
+
+def image_files(img):
+    """The files an image data-block reads: one, every tile, or every file of its sequence's folder."""
+    path = os.path.normpath(bpy.path.abspath(img.filepath, library=img.library))
+    if img.source == "TILED" or "<UDIM>" in path or "<UVTILE>" in path:
+        return sorted(glob.glob(re.sub(r"<UDIM>|<UVTILE>", "*", glob.escape(path))))
+    if img.source == "SEQUENCE":
+        folder = os.path.dirname(path)
+        try:
+            return sorted(os.path.join(folder, n) for n in os.listdir(folder))
+        except OSError:
+            return []
+    return [path]
+
+
+def signature(files):
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append((f, st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((f, None, None, None))
+    return tuple(out)
+
+
+def reload_changed_images():
+    """The worker replaces a job's images in place when only they changed in a new version, and keeps this Blender
+    open on the same .blend: reload every image whose files are not the ones it was loaded from."""
+    for img in bpy.data.images:
+        if img.packed_file or img.source not in {"FILE", "SEQUENCE", "TILED"} or not img.filepath:
+            continue
+        key = (img.name, img.library.filepath if img.library else "")
+        seen = signature(image_files(img))
+        before = _image_files_seen.get(key)
+        _image_files_seen[key] = seen
+        if before is not None and before != seen:
+            img.reload()
+
+
 def redirect_file_outputs(scene, out_dir):
     """Compositor File Output nodes write where their own path says, often
     next to the .blend: on a volunteer that is the job's cached files. Point
@@ -158,6 +201,7 @@ def render_one(scene, req):
         os.remove(path)
 
     redirect_file_outputs(scene, os.path.dirname(out))
+    reload_changed_images()
     scene.frame_set(frame)
     # write_still writes to render.filepath as given here: no '#' expansion,
     # and the extension it would add is already there.

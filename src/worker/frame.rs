@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     blender::{RenderError, RenderRequest, RenderedFrame, Renderer},
-    project::{self, Layout},
+    layouts::{Layout, Layouts},
+    project,
 };
 use crate::{
     net::Client,
@@ -78,8 +79,8 @@ impl<E: Into<anyhow::Error>> From<E> for Exchange {
 /// What every render slot of a volunteer shares.
 pub(super) struct Slot<R> {
     pub client: Client,
-    /// The volunteer's cache folder, which holds the blob store and the projects' layouts.
-    pub cache_dir: PathBuf,
+    /// Where the jobs' files are laid out, and which layouts are in use.
+    pub layouts: Arc<Layouts>,
     pub blobs: Arc<BlobStore>,
     pub renderer: Arc<R>,
     pub work_dir: PathBuf,
@@ -148,20 +149,20 @@ impl<R: Renderer> Slot<R> {
     /// The job's files laid out for Blender: from the cache when this version of the job was laid out before,
     /// otherwise the manifest and every file the cache lacks are fetched from `host` and verified first.
     pub async fn fetch_project(&self, host: PeerId, grant: &FrameGrant) -> anyhow::Result<Layout> {
-        if let Some(layout) = project::existing_layout(&self.cache_dir, grant, &self.blobs) {
+        if let Some(layout) = self.layouts.existing(&grant.blend, &self.blobs) {
             return Ok(layout);
         }
         // One layout at a time per volunteer: slots asking for the same job wait for the first to finish.
         let _fetching = self.fetching.lock().await;
-        if let Some(layout) = project::existing_layout(&self.cache_dir, grant, &self.blobs) {
+        if let Some(layout) = self.layouts.existing(&grant.blend, &self.blobs) {
             return Ok(layout);
         }
         let manifest_path = self.fetch_blob(host, grant.blend, grant.blend_size).await?;
         let manifest = project::read_manifest(&manifest_path)?;
         info!("fetching the files of {} (version {}) from {host}", grant.job, grant.blend.short());
         project::fetch_missing(&manifest, &self.blobs, |hash, size| self.fetch_blob(host, hash, size)).await?;
-        let (cache, blobs, hash) = (self.cache_dir.clone(), self.blobs.clone(), grant.blend);
-        tokio::task::spawn_blocking(move || project::lay_out(&cache, &hash, &manifest, &blobs))
+        let (layouts, blobs, version) = (self.layouts.clone(), self.blobs.clone(), grant.blend);
+        tokio::task::spawn_blocking(move || layouts.lay_out(&version, &manifest, &blobs))
             .await
             .map_err(|e| anyhow::anyhow!("laying out the job's files stopped: {e}"))?
     }
@@ -206,8 +207,9 @@ impl<R: Renderer> Slot<R> {
         tokio::fs::create_dir_all(&out_dir)
             .await
             .map_err(|e| RenderError::new(format!("cannot create {}: {e}", out_dir.display())))?;
-        let request =
-            RenderRequest { blend: layout.blend, frame: grant.frame, out_dir, allowed_missing: layout.allowed_missing };
+        // The layout stays in use (its files unchanged) until this render ends.
+        let Layout { blend, allowed_missing, _in_use } = layout;
+        let request = RenderRequest { blend, frame: grant.frame, out_dir, allowed_missing };
         tokio::select! {
             result = self.renderer.render(&request) => result.map(Some),
             _ = recalled.cancelled() => Ok(None),

@@ -6,6 +6,7 @@ pub mod blender;
 mod events;
 pub mod fake;
 mod frame;
+mod layouts;
 mod leases;
 mod project;
 mod session;
@@ -129,7 +130,7 @@ pub fn start<R: Renderer>(
     let offers = Arc::new(Notify::new());
     let slot = Arc::new(frame::Slot {
         client: client.clone(),
-        cache_dir: config.cache_dir.clone(),
+        layouts: Arc::new(layouts::Layouts::new(&config.cache_dir)),
         blobs: Arc::new(blobs),
         renderer: Arc::new(renderer),
         work_dir,

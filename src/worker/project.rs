@@ -1,6 +1,6 @@
 //! A job's files on a volunteer. A grant names the job's manifest; the volunteer fetches it, fetches every blob it
 //! lists that its cache lacks (so a changed texture is the only file that travels again), and lays the files out
-//! under `CACHE/projects/<manifest hash>/root/` at the paths they have on the owner's machine: a file that is
+//! under `CACHE/projects/<folder>/root/` (which folder: [`super::layouts`]) at the paths they have on the owner's machine: a file that is
 //! `/home/artist/shot/tex/wood.png` there is `.../root/home/artist/shot/tex/wood.png` here. Relative paths inside the
 //! .blend files (`//tex/wood.png`, `//../shared/x.png`) then resolve as they do for the owner; absolute paths inside
 //! them are rewritten to point under `root/` ([`crate::blendfile::rewrite`]), into copies, never the cached blobs.
@@ -18,9 +18,10 @@ use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use tracing::info;
 
+use super::layouts::Layout;
 use crate::{
     blendfile::rewrite::{absolute_paths, rewrite_paths},
-    protocol::{from_cbor, project_path_components, BlobHash, FrameGrant, JobManifest, MAX_JOB_MANIFEST},
+    protocol::{from_cbor, project_path_components, BlobHash, JobManifest, MAX_JOB_MANIFEST},
     store::blobs::BlobStore,
 };
 
@@ -31,22 +32,8 @@ const PARALLEL_FETCHES: usize = 8;
 const KEEP_LAYOUTS: usize = 8;
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
-/// A job's files laid out for Blender.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    /// The main .blend, at its owner's path under the layout's root.
-    pub blend: PathBuf,
-    /// Files Blender may find missing: the ones missing on the owner's machine too.
-    pub allowed_missing: Vec<String>,
-}
-
-/// Where a layout lives, and the manifest it was made from.
-pub fn layout_dir(cache: &Path, manifest: &BlobHash) -> PathBuf {
-    cache.join("projects").join(manifest.to_hex())
-}
-
 /// Reads a manifest blob from the cache, refusing an oversized or malformed one.
-pub fn read_manifest(path: &Path) -> anyhow::Result<JobManifest> {
+pub(super) fn read_manifest(path: &Path) -> anyhow::Result<JobManifest> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read the job manifest {}", path.display()))?;
     let manifest: JobManifest =
         from_cbor(&bytes, MAX_JOB_MANIFEST as usize).context("the owner sent an unreadable job manifest")?;
@@ -54,26 +41,17 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<JobManifest> {
     Ok(manifest)
 }
 
-/// The layout of an already laid-out project.
-pub fn existing_layout(cache: &Path, grant: &FrameGrant, blobs: &BlobStore) -> Option<Layout> {
-    let dir = layout_dir(cache, &grant.blend);
-    if !dir.is_dir() || !blobs.contains(&grant.blend) {
-        return None;
-    }
-    let manifest = read_manifest(&blobs.path(&grant.blend)).ok()?;
-    Some(layout_of(&dir, &manifest))
-}
-
-fn layout_of(dir: &Path, manifest: &JobManifest) -> Layout {
+/// The layout in `dir` of `manifest`, not yet taken into use.
+pub(super) fn layout_of(dir: &Path, manifest: &JobManifest) -> Layout {
     let root = dir.join("root");
     let blend = under(&root, &manifest.blend.path).unwrap_or_else(|| root.join("missing.blend"));
     let mut allowed_missing: Vec<String> = manifest.missing.clone();
     allowed_missing.extend(manifest.missing.iter().filter_map(|m| under(&root, m)).map(|p| p.display().to_string()));
-    Layout { blend, allowed_missing }
+    Layout { blend, allowed_missing, _in_use: None }
 }
 
 /// `root` joined with an owner's absolute path, if the path is usable.
-fn under(root: &Path, path: &str) -> Option<PathBuf> {
+pub(super) fn under(root: &Path, path: &str) -> Option<PathBuf> {
     let parts = project_path_components(path).ok()?;
     Some(parts.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
 }
@@ -106,35 +84,28 @@ where
     Ok(())
 }
 
-/// Lays the project out under `dir` (all its blobs are in `blobs`). Blocking: run it on a blocking thread. The
-/// layout is built in a temp folder and renamed into place, so a layout that exists is complete.
-pub fn lay_out(
-    cache: &Path,
-    manifest_hash: &BlobHash,
+/// Builds `version`'s layout in a temp folder (version file included) and renames it to `dir`, replacing whatever
+/// was there, so a layout folder with a version file is complete. Blocking.
+pub(super) fn build_fresh(
+    projects: &Path,
+    dir: &Path,
     manifest: &JobManifest,
     blobs: &BlobStore,
-) -> anyhow::Result<Layout> {
-    let dir = layout_dir(cache, manifest_hash);
-    if dir.is_dir() {
-        return Ok(layout_of(&dir, manifest));
-    }
-    let projects = cache.join("projects");
+    version: &BlobHash,
+) -> anyhow::Result<()> {
     let tmp = projects.join(format!(".tmp-{}-{}", std::process::id(), NEXT_TMP.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_dir_all(&tmp);
-    let built = build(&tmp, &dir.join("root"), manifest, blobs);
+    let built =
+        build(&tmp, &dir.join("root"), manifest, blobs).and_then(|_| super::layouts::write_version(&tmp, version));
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    let _ = std::fs::remove_dir_all(dir);
     // The tmp folder's root becomes the final one: rewritten paths point at the final location.
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
+    std::fs::rename(&tmp, dir).with_context(|| format!("cannot create {}", dir.display())).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&tmp);
-        if !dir.is_dir() {
-            return Err(e).with_context(|| format!("cannot create {}", dir.display()));
-        }
-    }
-    prune(&projects, &dir);
-    Ok(layout_of(&dir, manifest))
+    })
 }
 
 /// Builds the layout in `tmp`; absolute paths in .blend files are rewritten to point under `dest_root`, where the
@@ -161,7 +132,7 @@ fn build(tmp: &Path, dest_root: &Path, manifest: &JobManifest, blobs: &BlobStore
     Ok(())
 }
 
-fn link_or_copy(source: &Path, target: &Path) -> anyhow::Result<()> {
+pub(super) fn link_or_copy(source: &Path, target: &Path) -> anyhow::Result<()> {
     if std::fs::hard_link(source, target).is_ok() {
         return Ok(());
     }
@@ -170,8 +141,8 @@ fn link_or_copy(source: &Path, target: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot copy {} to {}", source.display(), target.display()))
 }
 
-/// Removes all but the newest layouts (never `keep`).
-fn prune(projects: &Path, keep: &Path) {
+/// Removes all but the newest layouts, never one in `busy`.
+pub(super) fn prune(projects: &Path, busy: &[PathBuf]) {
     let Ok(entries) = std::fs::read_dir(projects) else { return };
     let mut layouts: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(|e| e.ok())
@@ -181,7 +152,7 @@ fn prune(projects: &Path, keep: &Path) {
     layouts.sort();
     let excess = layouts.len().saturating_sub(KEEP_LAYOUTS);
     for (_, path) in layouts.into_iter().take(excess) {
-        if path != keep {
+        if !busy.contains(&path) {
             let _ = std::fs::remove_dir_all(path);
         }
     }

@@ -72,7 +72,7 @@ pub(super) async fn slot_loop<R: Renderer>(
 struct Prepared {
     host: PeerId,
     grant: FrameGrant,
-    project: anyhow::Result<super::project::Layout>,
+    project: anyhow::Result<super::layouts::Layout>,
     lease: super::leases::LeaseId,
     recalled: CancellationToken,
 }
