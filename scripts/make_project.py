@@ -43,7 +43,7 @@ import time
 import bpy
 
 SCENE_KINDS = ("textures", "library", "caches", "font", "ies", "missing")
-OTHER_KINDS = ("sequencer", "volume")
+OTHER_KINDS = ("sequencer", "volume", "fluid")
 RES = (64, 48)
 FRAMES = (1, 3)
 FONT_CANDIDATES = (
@@ -639,7 +639,9 @@ def build_sequencer(proj, blend):
     save(blend)
 
 
-def build_volume(proj, blend):
+def build_volume(proj, blend, domain_renders=False):
+    """A baked smoke simulation (OpenVDB cache). With domain_renders, the fluid domain itself renders it from
+    its cache folder; otherwise a Volume object reads the VDB sequence and the domain is hidden."""
     scene = new_file()
     configure_render(scene)
     add_camera(scene)
@@ -677,6 +679,19 @@ def build_volume(proj, blend):
     vdbs = sorted(f for f in os.listdir(data) if f.endswith(".vdb")) if os.path.isdir(data) else []
     if not vdbs:
         raise RuntimeError("fluid bake wrote no .vdb files")
+    if domain_renders:
+        dmat = bpy.data.materials.new("DomainSmoke")
+        dmat.use_nodes = True
+        dnt = dmat.node_tree
+        dnt.nodes.clear()
+        dout = dnt.nodes.new("ShaderNodeOutputMaterial")
+        dpv = dnt.nodes.new("ShaderNodeVolumePrincipled")
+        dpv.inputs["Density"].default_value = 20.0
+        dpv.inputs["Color"].default_value = (0.1, 0.4, 1.0, 1.0)
+        dnt.links.new(dpv.outputs["Volume"], dout.inputs["Volume"])
+        dom.data.materials.append(dmat)
+        save(blend)
+        return
     # The Volume object reads the VDB sequence; the domain itself is hidden from the render.
     dom.hide_render = True
     vol = bpy.data.volumes.new("Smoke")
@@ -712,6 +727,8 @@ def main():
         build_sequencer(proj, blend)
     elif args.kind == "volume":
         build_volume(proj, blend)
+    elif args.kind == "fluid":
+        build_volume(proj, blend, domain_renders=True)
     else:
         kinds = SCENE_KINDS if args.kind == "all" else (args.kind,)
         build_scene_kinds(kinds, top, proj, blend)

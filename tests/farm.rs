@@ -101,3 +101,23 @@ async fn a_frame_that_fails_is_reported_in_the_job_log_with_the_reason() {
     })
     .await;
 }
+
+/// Hashing a huge .blend happens beside the host's event loop: a small job is accepted, rendered and finished while
+/// a 4 GiB one (a sparse file, suspended so nobody fetches it) is still being hashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_blend_being_hashed_holds_up_no_other_job() {
+    let dirs = Dirs::new();
+    let huge = std::fs::File::create(dirs.jobdir.join("huge.blend")).unwrap();
+    huge.set_len(4 << 30).unwrap();
+    std::fs::write(dirs.jobdir.join("big.job.suspend"), b"").unwrap();
+    write_job(&dirs.jobdir, "big", "huge.blend", 1, 2);
+    std::fs::write(dirs.jobdir.join("small.blend"), b"small scene").unwrap();
+    write_job(&dirs.jobdir, "small", "small.blend", 1, 4);
+    let (host, _stop_host) = start_host(&dirs).await;
+    let (_w, _stop_w) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), FakeRenderer::new(Duration::ZERO));
+
+    let log = |job: &str| std::fs::read_to_string(dirs.jobdir.join(format!("{job}.log"))).unwrap_or_default();
+    wait_until("the small job's finished line", LIMIT, || log("small").contains("finished")).await;
+    assert!(!log("big").contains("accepted"), "the 4 GiB .blend was hashed before the small job finished");
+    wait_until("the big job, once hashed", Duration::from_secs(240), || log("big").contains("accepted")).await;
+}

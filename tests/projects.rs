@@ -164,6 +164,47 @@ fn compositor_file_outputs_come_back_beside_the_frames() {
 }
 
 #[test]
+fn a_fluid_domain_renders_from_its_baked_cache_as_blender_does() {
+    if skip_without_blender() {
+        return;
+    }
+    let (_dirs, log) = render_project_on_the_farm("fluid", 2);
+    assert!(log.contains("cache folder"), "{log}");
+}
+
+#[test]
+fn an_image_sequence_of_thousands_of_files_travels_and_lays_out() {
+    if skip_without_blender() {
+        return;
+    }
+    let dirs = Dirs::new();
+    let artist = dirs.root.path().join("artist");
+    std::fs::create_dir_all(artist.join("seq")).unwrap();
+    for i in 1..=2000 {
+        write_png(&artist.join("seq").join(format!("f_{i:04}.png")), [(i % 256) as u8, (i / 256) as u8, 90]);
+    }
+    let blend = artist.join("scene.blend");
+    make_scene(&blend, 2, "32x24", 1);
+    let expr = "import bpy; i = bpy.data.images.load('//seq/f_0001.png'); i.source = 'SEQUENCE'; \
+                i.use_fake_user = True; bpy.ops.wm.save_mainfile()";
+    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(&blend, &baseline);
+    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
+    let cache = dirs.cache("a");
+    let _a = spawn_isolated_volunteer(&hidden, &cache, &addr, &[]);
+    write_job(&dirs.jobdir, "shot", &blend.to_string_lossy(), 1, 2);
+    let out = dirs.renderdir.join("shot");
+    let names = frame_names(1, 2, "png");
+    wait_until_blocking("both frames", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
+    assert_eq!(files_in(&out), names, "{}", job_log(&dirs, "shot"));
+    assert_same_pixels(&baseline, &out, &names);
+    assert!(job_log(&dirs, "shot").contains("2000 sequence files"), "{}", job_log(&dirs, "shot"));
+    assert!(cached_blobs(&cache) >= 2001, "the sequence did not travel");
+}
+
+#[test]
 fn an_eevee_scene_renders_as_blender_does_and_volunteers_say_eevee_works() {
     if skip_without_blender() {
         return;
