@@ -104,6 +104,13 @@ impl Preparer {
 
     /// Hashes `path` unless it is unchanged since it was last hashed.
     async fn hash(&self, path: &Path) -> Result<(BlobHash, u64), crate::store::blobs::BlobError> {
+        // A FIFO or device named like a texture would block the read forever: only regular files are read.
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+                return Err(crate::store::blobs::BlobError::Io { path: path.to_path_buf(), source });
+            }
+        }
         let before = stamp(path);
         if let Some(now) = before {
             if let Some((seen, hash)) = lock(&self.hashes).get(path) {
@@ -360,6 +367,21 @@ mod tests {
         );
         let alone = JobManifest { files: vec![], ..manifest };
         assert_eq!(summary(&alone, 0), "carries the .blend alone (1.0 MiB)");
+    }
+
+    /// A FIFO named like a texture would block a read forever; it is refused at once instead.
+    #[tokio::test]
+    async fn a_fifo_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.png");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            return;
+        }
+        let preparer = Preparer::new(None, &dir.path().join("state")).unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), preparer.hash(&fifo)).await;
+        let err = read.expect("hashing a FIFO blocked").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]
