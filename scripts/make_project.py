@@ -387,6 +387,10 @@ def make_library_links(scene, abs_lib):
         dst.collections = ["LibCol"]
     with bpy.data.libraries.load(abs_lib, link=True, relative=False) as (src, dst):
         dst.collections = ["AbsCol"]
+    # As a file saved on Windows stores it: the library's relative path with backslashes.
+    for lib in bpy.data.libraries:
+        if lib.filepath == "//libs/lib1.blend":
+            lib.filepath = "//libs\\lib1.blend"
     for cell, col in (("lib1", "LibCol"), ("abslib", "AbsCol")):
         inst = bpy.data.objects.new("Inst_" + cell, None)
         inst.instance_type = "COLLECTION"
