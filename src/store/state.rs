@@ -52,6 +52,12 @@ pub enum StateError {
     /// [`StateStore::mark_done`] for a job that has no record, e.g. a frame that arrived after the job was removed.
     #[error("state file {}: job {job:?} is not recorded", path.display())]
     UnknownJob { path: PathBuf, job: String },
+    /// A batch of frames could not be recorded at all (the reason is the transaction's error).
+    #[error("state file {}: the frames could not be recorded: {reason}", path.display())]
+    Batch { path: PathBuf, reason: String },
+    /// A frame of a version of the job that is not its recorded one any more (it restarted meanwhile).
+    #[error("state file {}: job {job:?} has a new version; the frame belongs to the old one", path.display())]
+    Stale { path: PathBuf, job: String },
 }
 
 /// The host's durable job state, in one redb file.
@@ -173,6 +179,53 @@ impl StateStore {
         txn.commit().map_err(self.db())
     }
 
+    /// Marks many frames done in one durable commit: `(job, frame, version)` each, where `version` is the job's
+    /// version (the `blend` of its record) the frame was rendered from. One answer per frame, in order: a job
+    /// without a record is [`StateError::UnknownJob`], and a job whose version has changed since is
+    /// [`StateError::Stale`], so a frame of the old version can never count as done for the new one. When the commit
+    /// itself fails, every frame gets the error. One fsync for the lot is what makes storing frames keep up with many
+    /// volunteers.
+    pub fn mark_done_batch(&self, frames: &[(String, u32, BlobHash)]) -> Vec<Result<(), StateError>> {
+        let fail_all = |e: StateError| frames.iter().map(|_| Err(self.copy_err(&e))).collect();
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => return fail_all(StateError::Db { path: self.path.clone(), source: e.into() }),
+        };
+        let mut answers = Vec::with_capacity(frames.len());
+        {
+            let (jobs, mut done) = match (txn.open_table(JOBS), txn.open_table(DONE)) {
+                (Ok(jobs), Ok(done)) => (jobs, done),
+                (Err(e), _) | (_, Err(e)) => {
+                    return fail_all(StateError::Db { path: self.path.clone(), source: e.into() })
+                }
+            };
+            for (name, frame, version) in frames {
+                let record = match jobs.get(name.as_str()) {
+                    Ok(Some(bytes)) => self.decode(name, bytes.value()),
+                    Ok(None) => Err(StateError::UnknownJob { path: self.path.clone(), job: name.clone() }),
+                    Err(e) => Err(StateError::Db { path: self.path.clone(), source: e.into() }),
+                };
+                let answer = match record {
+                    Ok(r) if r.blend != *version => {
+                        Err(StateError::Stale { path: self.path.clone(), job: name.clone() })
+                    }
+                    Ok(_) => done.insert((name.as_str(), *frame), ()).map(|_| ()).map_err(self.db()),
+                    Err(e) => Err(e),
+                };
+                answers.push(answer);
+            }
+        }
+        if let Err(e) = txn.commit() {
+            return fail_all(StateError::Db { path: self.path.clone(), source: e.into() });
+        }
+        answers
+    }
+
+    /// The same error again, for each frame of a batch that failed as a whole.
+    fn copy_err(&self, e: &StateError) -> StateError {
+        StateError::Batch { path: self.path.clone(), reason: e.to_string() }
+    }
+
     /// The job's done frames, ascending (a range scan over the job's keys). Empty for an unknown job.
     pub fn done_frames(&self, name: &str) -> Result<Vec<u32>, StateError> {
         let txn = self.db.begin_read().map_err(self.db())?;
@@ -208,207 +261,5 @@ impl StateStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    use std::time::Instant;
-
-    use super::*;
-
-    fn record(blend: &[u8], first: u32, last: u32) -> JobRecord {
-        let blend = BlobHash::of_bytes(blend);
-        JobRecord { blend, first, last }
-    }
-
-    fn open_temp() -> (tempfile::TempDir, PathBuf, StateStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state").join("host.redb");
-        let store = StateStore::open(&path).unwrap();
-        (dir, path, store)
-    }
-
-    #[test]
-    fn roundtrip_and_reopen() {
-        let (_dir, path, store) = open_temp();
-        assert!(store.jobs().unwrap().is_empty());
-        assert_eq!(store.job("a").unwrap(), None);
-        store.put_job("b", &record(b"b", 1, 10)).unwrap();
-        store.put_job("a", &record(b"a", 5, 6)).unwrap();
-        assert_eq!(store.job("a").unwrap(), Some(record(b"a", 5, 6)));
-        let names: Vec<_> = store.jobs().unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["a", "b"]);
-        for f in [7, 3, 9, 3] {
-            store.mark_done("b", f).unwrap();
-        }
-        assert_eq!(store.done_frames("b").unwrap(), [3, 7, 9]);
-        assert!(store.done_frames("a").unwrap().is_empty());
-        // A job whose name is a prefix of another's does not see its frames.
-        store.put_job("b2", &record(b"b", 1, 10)).unwrap();
-        store.mark_done("b2", 1).unwrap();
-        assert_eq!(store.done_frames("b").unwrap(), [3, 7, 9]);
-        let err = store.mark_done("nope", 1).unwrap_err();
-        assert!(matches!(err, StateError::UnknownJob { .. }), "{err}");
-        // Everything is still there after a reopen.
-        drop(store);
-        let store = StateStore::open(&path).unwrap();
-        assert_eq!(store.job("a").unwrap(), Some(record(b"a", 5, 6)));
-        assert_eq!(store.done_frames("b").unwrap(), [3, 7, 9]);
-    }
-
-    #[test]
-    fn new_blend_clears_done_frames_same_blend_keeps_them() {
-        let (_dir, _path, store) = open_temp();
-        store.put_job("j", &record(b"v1", 1, 10)).unwrap();
-        store.mark_done("j", 2).unwrap();
-        store.mark_done("j", 9).unwrap();
-        // Same blend, narrower range: frames kept, even the one now outside the range.
-        store.put_job("j", &record(b"v1", 1, 5)).unwrap();
-        assert_eq!(store.done_frames("j").unwrap(), [2, 9]);
-        store.put_job("j", &record(b"v2", 1, 5)).unwrap();
-        assert!(store.done_frames("j").unwrap().is_empty());
-        assert_eq!(store.job("j").unwrap(), Some(record(b"v2", 1, 5)));
-    }
-
-    #[test]
-    fn remove_job_drops_record_and_frames() {
-        let (_dir, _path, store) = open_temp();
-        store.put_job("j", &record(b"x", 1, 3)).unwrap();
-        store.put_job("k", &record(b"x", 1, 3)).unwrap();
-        store.mark_done("j", 1).unwrap();
-        store.mark_done("k", 1).unwrap();
-        store.remove_job("j").unwrap();
-        store.remove_job("never-existed").unwrap();
-        assert_eq!(store.job("j").unwrap(), None);
-        assert!(store.done_frames("j").unwrap().is_empty());
-        assert_eq!(store.done_frames("k").unwrap(), [1]);
-        // Recreating the job with the same blend starts from nothing.
-        store.put_job("j", &record(b"x", 1, 3)).unwrap();
-        assert!(store.done_frames("j").unwrap().is_empty());
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_naming_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("junk.redb");
-        std::fs::write(&path, vec![0xA5u8; 64 * 1024]).unwrap();
-        let err = StateStore::open(&path).err().expect("junk must not open");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
-        // And the file was not replaced.
-        assert_eq!(std::fs::read(&path).unwrap(), vec![0xA5u8; 64 * 1024]);
-
-        // A real state file damaged past its header: the integrity check on open refuses it instead of panicking.
-        let path = dir.path().join("damaged.redb");
-        let store = StateStore::open(&path).unwrap();
-        for j in 0..20 {
-            store.put_job(&format!("job{j}"), &record(b"x", 0, 9)).unwrap();
-            store.mark_done(&format!("job{j}"), 3).unwrap();
-        }
-        drop(store);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[4096..].iter_mut().for_each(|b| *b ^= 0x5A);
-        std::fs::write(&path, bytes).unwrap();
-        let err = StateStore::open(&path).err().expect("damaged file must not open");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn undecodable_record_is_an_error_naming_the_job() {
-        let (_dir, path, store) = open_temp();
-        let txn = store.db.begin_write().unwrap();
-        txn.open_table(JOBS).unwrap().insert("bad", &b"\xff\x00"[..]).unwrap();
-        txn.commit().unwrap();
-        let err = store.job("bad").unwrap_err();
-        assert!(matches!(err, StateError::Record { ref job, .. } if job == "bad"), "{err}");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
-        assert!(store.jobs().is_err());
-        // put_job repairs it.
-        store.put_job("bad", &record(b"x", 1, 2)).unwrap();
-        assert_eq!(store.job("bad").unwrap(), Some(record(b"x", 1, 2)));
-    }
-
-    #[test]
-    fn hundred_thousand_done_frames() {
-        let (_dir, path, store) = open_temp();
-        store.put_job("big", &record(b"x", 0, 99_999)).unwrap();
-        store.put_job("other", &record(b"x", 0, 9)).unwrap();
-        store.mark_done("other", 5).unwrap();
-        // A sample of real, fsync'ed calls for the per-commit cost ...
-        let start = Instant::now();
-        (99_000..100_000).rev().for_each(|f| store.mark_done("big", f).unwrap());
-        eprintln!("mark_done: {:?} per commit", start.elapsed() / 1000);
-        // ... and the other 99k frames in one transaction, stored exactly as mark_done stores them.
-        let txn = store.db.begin_write().unwrap();
-        let mut done = txn.open_table(DONE).unwrap();
-        (0..99_000).for_each(|f| drop(done.insert(("big", f), ()).unwrap()));
-        drop(done);
-        txn.commit().unwrap();
-        let start = Instant::now();
-        assert_eq!(store.done_frames("big").unwrap(), (0..100_000).collect::<Vec<_>>());
-        eprintln!("done_frames of 100k: {:?}", start.elapsed());
-        drop(store);
-        let start = Instant::now();
-        let store = StateStore::open(&path).unwrap();
-        eprintln!("reopen with integrity check: {:?}", start.elapsed());
-        let start = Instant::now();
-        store.put_job("big", &record(b"y", 0, 99_999)).unwrap();
-        eprintln!("clearing 100k frames: {:?}", start.elapsed());
-        assert!(store.done_frames("big").unwrap().is_empty());
-        assert_eq!(store.done_frames("other").unwrap(), [5]);
-    }
-
-    #[test]
-    #[ignore = "100k fsync'ed commits: 40-90 s on a virtual disk"]
-    fn hundred_thousand_mark_done_calls() {
-        let (_dir, _path, store) = open_temp();
-        store.put_job("big", &record(b"x", 0, 99_999)).unwrap();
-        let start = Instant::now();
-        (0..100_000).for_each(|f| store.mark_done("big", f).unwrap());
-        eprintln!("100k mark_done: {:?}", start.elapsed());
-        assert_eq!(store.done_frames("big").unwrap().len(), 100_000);
-    }
-
-    /// Set to the state file path when the test binary is re-run as the child of `survives_sigkill`.
-    const CHILD_ENV: &str = "BLENDERDIST_STATE_SIGKILL_CHILD";
-    const CHILD_READY: &str = "bd-state-child-ready";
-
-    /// The child half of `survives_sigkill`; passes trivially when run on its own.
-    #[test]
-    fn sigkill_child() {
-        let Some(path) = std::env::var_os(CHILD_ENV) else {
-            return;
-        };
-        let store = StateStore::open(Path::new(&path)).unwrap();
-        store.put_job("j", &record(b"x", 0, 9)).unwrap();
-        for f in 0..10 {
-            store.mark_done("j", f).unwrap();
-        }
-        println!("{CHILD_READY}");
-        std::io::stdout().flush().unwrap();
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
-    }
-
-    #[test]
-    fn survives_sigkill() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("host.redb");
-        // The test's own name without the crate prefix, as libtest filters it.
-        let module = module_path!().split_once("::").unwrap().1;
-        let test = format!("{module}::sigkill_child");
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([test.as_str(), "--exact", "--nocapture"])
-            .env(CHILD_ENV, &path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let ready = stdout.lines().map_while(Result::ok).any(|l| l.contains(CHILD_READY));
-        child.kill().unwrap(); // SIGKILL on Unix: no destructors, no clean shutdown.
-        child.wait().unwrap();
-        assert!(ready, "child exited before marking its frames");
-        let store = StateStore::open(&path).unwrap();
-        assert_eq!(store.job("j").unwrap(), Some(record(b"x", 0, 9)));
-        assert_eq!(store.done_frames("j").unwrap(), (0..10).collect::<Vec<_>>());
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;
