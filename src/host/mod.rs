@@ -142,7 +142,7 @@ pub async fn start(
     let own = OwnBinary::locate().await?;
     let builds = crate::update::host::builds(&own, config.release_dir.as_deref()).await?;
     let manifest = crate::update::manifest::sign(&keypair, &crate::update::host::manifest(&own, &builds))?;
-    let state = StateStore::open(&config.state_dir.join("state.redb"))?;
+    let state = std::sync::Arc::new(StateStore::open(&config.state_dir.join("state.redb"))?);
     let (client, mut events) = net::spawn(NetConfig {
         keypair: keypair.clone(),
         is_host: true,
@@ -195,6 +195,7 @@ pub async fn start(
     let (prepared_tx, prepared) = mpsc::channel(16);
     let mut host = Host {
         joblog: joblog::JobLog::start(config.jobdir.clone()),
+        frames: frames::FrameQueue::default(),
         preparer: std::sync::Arc::new(preparer),
         prepared_tx,
         scheduler: Scheduler::new(config.scheduler),
@@ -253,7 +254,10 @@ fn to_wire(g: Grant) -> FrameGrant {
 struct Host {
     config: HostConfig,
     client: Client,
-    state: StateStore,
+    /// Shared with the thread that stores batches of frames.
+    state: std::sync::Arc<StateStore>,
+    /// Frames waiting to be stored, and whether a batch is being stored.
+    frames: frames::FrameQueue,
     scheduler: Scheduler<PeerId>,
     jobs: jobs::JobTable,
     blob_server: BlobServer,
@@ -286,6 +290,7 @@ impl Host {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         let mut offer = tokio::time::interval(OFFER_INTERVAL);
+        let (stored_tx, mut stored) = mpsc::channel(4);
         self.rescan().await;
         loop {
             tokio::select! {
@@ -300,7 +305,9 @@ impl Host {
                     Some(event) => self.on_net_event(event).await,
                     None => anyhow::bail!("the network task stopped; the host can no longer hear volunteers"),
                 },
-                Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival),
+                Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival, &stored_tx),
+                // A batch of frames is durable: answer the volunteers, store the next batch.
+                Some(batch) = stored.recv() => self.on_batch_stored(batch, &stored_tx),
                 // A job's project was prepared (or failed to be) in the background.
                 Some(done) = prepared.recv() => {
                     if self.on_prepared(done) {

@@ -279,8 +279,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// The frame is stored: marks it done (idempotent; unknown job or frame is a no-op). Holders still rendering it
     /// (a backup, or the original when the backup won) are recalled.
-    pub fn frame_stored(&mut self, job: &str, frame: u32) -> Vec<Recall<P>> {
-        let Some(j) = self.job_mut(job) else { return Vec::new() };
+    pub fn frame_stored(&mut self, job: &str, frame: u32, version: BlendHash) -> Vec<Recall<P>> {
+        let Some(j) = self.current_mut(job, version) else { return Vec::new() };
         j.mark_done(frame).into_iter().map(|peer| recall(job, frame, peer)).collect()
     }
 

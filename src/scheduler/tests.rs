@@ -117,7 +117,10 @@ impl Harness {
                 let version = self.version(job);
                 assert_eq!(self.s.rendered(&peer, job, frame, version), verdict, "{context}")
             }
-            Stored(job, frame, recalls) => assert_recalls(self.s.frame_stored(job, frame), recalls, context),
+            Stored(job, frame, recalls) => {
+                let version = self.version(job);
+                assert_recalls(self.s.frame_stored(job, frame, version), recalls, context)
+            }
             Failed(peer, job, frame, error, expected) => {
                 let version = self.version(job);
                 let got = self.s.frame_failed(&peer, job, frame, version, error);
@@ -364,7 +367,7 @@ fn hundred_thousand_frames_claim_through_quickly() {
                 continue;
             }
             assert_eq!(s.rendered(peer, "big", g.frame, blend(1)), Verdict::Accept);
-            assert!(s.frame_stored("big", g.frame).is_empty());
+            assert!(s.frame_stored("big", g.frame, blend(1)).is_empty());
             stored += 1;
         }
     }

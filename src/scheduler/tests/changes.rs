@@ -138,6 +138,9 @@ fn messages_about_an_older_version_never_count() {
         (blend(1), false, Verdict::Discard, FailOutcome::Ignored),
         (blend(2), true, Verdict::Accept, FailOutcome::Retry),
     ];
+    // A frame of the old version stored late changes nothing.
+    assert!(s.frame_stored("j", 2, blend(1)).is_empty());
+    assert_eq!(s.status("j").map(|st| st.done), Some(0));
     for (version, renewed, verdict, failure) in table {
         assert_eq!(s.renew(&"a", "j", 1, version, now), renewed, "{version:?}");
         assert_eq!(s.rendered(&"a", "j", 1, version), verdict, "{version:?}");

@@ -54,7 +54,7 @@ fn simulated_farm_finishes_every_frame_once() {
                 0..=9 => {
                     if s.rendered(&peer, &job, frame, blend(1)) == Verdict::Accept {
                         let already = s.status(&job).map(|st| st.done);
-                        s.frame_stored(&job, frame);
+                        s.frame_stored(&job, frame, blend(1));
                         if s.status(&job).map(|st| st.done) != already {
                             assert!(done_once.insert((job, frame)), "stored twice");
                         }
