@@ -344,15 +344,15 @@ fn huge_range_is_capped() {
     assert_eq!(s.rendered(&"a", "huge", MAX_JOB_FRAMES, blend(1)), Verdict::Discard);
 }
 
-/// A 100,000-frame job is claimed through in small batches without per-claim scans, with requeues mixed in.
+/// A 100,000-frame job is claimed through in small batches, with requeues mixed in, and ends with no per-frame
+/// leftovers. (How fast is the scaling benchmark's business, not a test's.)
 #[test]
-fn hundred_thousand_frames_claim_through_quickly() {
+fn hundred_thousand_frames_claim_through() {
     const FRAMES: u32 = 100_000;
     let mut s: S = Scheduler::new(SchedulerConfig::default());
     s.upsert_job(desc("big", 1, FRAMES, 0, 0), &[]);
     let peers: Vec<P> = vec!["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"];
-    let started = Instant::now();
-    let now = started;
+    let now = Instant::now();
     let mut stored = 0u32;
     let mut round = 0usize;
     while stored < FRAMES {
@@ -371,10 +371,8 @@ fn hundred_thousand_frames_claim_through_quickly() {
             stored += 1;
         }
     }
-    let elapsed = started.elapsed();
     check_invariants(&s, "end");
     assert_eq!(s.status("big"), Some(st(FRAMES, FRAMES, 0, 0)));
-    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     let job = s.jobs.values().next().expect("the job");
     assert!(job.frames.capacity() <= FRAMES as usize && job.requeued.is_empty() && job.leases.is_empty());
 }

@@ -4,6 +4,7 @@
 
 pub mod blender;
 mod events;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 mod frame;
 mod layouts;
