@@ -126,6 +126,62 @@ pub fn parse_addr(text: &str) -> Result<Multiaddr, AddrError> {
     Ok(Multiaddr::empty().with(Protocol::Dns(host.to_string().into())).with(Protocol::Tcp(port)))
 }
 
+impl HostArgs {
+    /// The host's configuration: addresses parsed, defaults filled in.
+    pub fn into_config(self) -> anyhow::Result<crate::host::HostConfig> {
+        let listen = if self.listen.is_empty() {
+            vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(DEFAULT_PORT))]
+        } else {
+            self.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
+        };
+        let state_dir = self.state_dir.unwrap_or_else(|| self.renderdir.join(".blenderdist"));
+        Ok(crate::host::HostConfig {
+            jobdir: self.jobdir,
+            renderdir: self.renderdir,
+            state_dir,
+            listen,
+            mdns: !self.no_mdns,
+            scheduler: crate::scheduler::SchedulerConfig::default(),
+            release_dir: self.release_dir,
+            blender: crate::host::owners_blender(self.blender),
+        })
+    }
+}
+
+impl JoinArgs {
+    /// The volunteer's options: addresses parsed, the cache folder made absolute, defaults filled in.
+    pub fn into_options(self) -> anyhow::Result<crate::worker::JoinOptions> {
+        use anyhow::Context as _;
+        let bootstrap = self.bootstrap.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
+        let cache_dir = match self.cache_dir {
+            // Blender is given paths inside the cache; they must not depend on its working folder.
+            Some(dir) => std::path::absolute(&dir).with_context(|| format!("bad cache folder {}", dir.display()))?,
+            None => dirs::cache_dir()
+                .context("no cache folder is known for this user; pass --cache-dir")?
+                .join("blenderdist"),
+        };
+        let render = crate::worker::blender::BlenderOptions {
+            threads: self.threads,
+            process_per_frame: self.process_per_frame,
+            limits: crate::worker::Limits {
+                frame_time: (self.frame_timeout > 0).then(|| std::time::Duration::from_secs(self.frame_timeout)),
+                memory: self.max_memory.map(|mib| mib << 20),
+            },
+            keep_open: self.renderers as usize,
+            device: self.device,
+        };
+        Ok(crate::worker::JoinOptions {
+            bootstrap,
+            mdns: !self.no_mdns,
+            cache_dir,
+            blender: crate::worker::blender::BlenderRenderer::default_program(self.blender),
+            render,
+            renderers: self.renderers,
+            auto_updates: !self.no_auto_updates,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

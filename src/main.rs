@@ -42,8 +42,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
         match command {
-            Command::Host(args) => blenderdist::host::run_cli(args, shutdown).await,
-            Command::Join(args) => blenderdist::worker::run_cli(args, shutdown).await,
+            Command::Host(args) => blenderdist::host::run(args.into_config()?, shutdown).await,
+            Command::Join(args) => blenderdist::worker::join(args.into_options()?, shutdown).await,
         }
     });
     match result {

@@ -27,8 +27,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{parse_addr, HostArgs},
-    net::{self, Client, NetConfig, NetEvent, DEFAULT_PORT},
+    net::{self, Client, NetConfig, NetEvent},
     protocol::{
         check_output_name, is_frame_extension, truncate_utf8, BlobHash, ExtraOutput, FrameGrant, JobOffer, OfferedJob,
         SignedManifest, VolunteerCaps, WorkRequest, WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, MAX_EXTRA_OUTPUTS,
@@ -62,27 +61,6 @@ pub struct HostConfig {
     pub blender: Option<PathBuf>,
 }
 
-impl HostConfig {
-    pub fn from_args(args: HostArgs) -> anyhow::Result<Self> {
-        let listen = if args.listen.is_empty() {
-            vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(DEFAULT_PORT))]
-        } else {
-            args.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
-        };
-        let state_dir = args.state_dir.unwrap_or_else(|| args.renderdir.join(".blenderdist"));
-        Ok(Self {
-            jobdir: args.jobdir,
-            renderdir: args.renderdir,
-            state_dir,
-            listen,
-            mdns: !args.no_mdns,
-            scheduler: SchedulerConfig::default(),
-            release_dir: args.release_dir,
-            blender: owners_blender(args.blender),
-        })
-    }
-}
-
 /// A running host, for tests and the binary alike.
 pub struct RunningHost {
     pub peer_id: PeerId,
@@ -93,8 +71,8 @@ pub struct RunningHost {
     pub own: OwnBinary,
 }
 
-pub async fn run_cli(args: HostArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let config = HostConfig::from_args(args)?;
+/// Runs a host until `shutdown`, relaunching it on a new build of its program file (the `host` command).
+pub async fn run(config: HostConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     // The host stops either when asked or when its program file holds a new, checked build to relaunch on.
     let (relaunch_tx, relaunch_rx) = tokio::sync::oneshot::channel::<std::path::PathBuf>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -219,7 +197,7 @@ pub async fn start(
 }
 
 /// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.
-fn owners_blender(flag: Option<PathBuf>) -> Option<PathBuf> {
+pub fn owners_blender(flag: Option<PathBuf>) -> Option<PathBuf> {
     if let Some(program) = flag.or_else(|| std::env::var_os("BLENDER").map(PathBuf::from)) {
         return Some(program);
     }

@@ -15,7 +15,7 @@ mod slots;
 
 pub use session::Limits;
 
-use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use libp2p::Multiaddr;
@@ -23,7 +23,6 @@ use tokio::sync::{watch, Notify};
 use tracing::info;
 
 use crate::{
-    cli::{parse_addr, JoinArgs},
     net::{self, NetConfig},
     store::{blobs::BlobStore, keys},
     update::{host::OwnBinary, volunteer::Updater},
@@ -44,29 +43,26 @@ pub struct WorkerConfig {
     pub caps: Option<crate::protocol::VolunteerCaps>,
 }
 
-pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let bootstrap = args.bootstrap.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
-    if bootstrap.is_empty() && args.no_mdns {
+/// What the `join` command is asked to do, in the library's own terms.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Absolute: Blender is given paths inside it.
+    pub cache_dir: PathBuf,
+    pub blender: PathBuf,
+    pub render: BlenderOptions,
+    pub renderers: u32,
+    pub auto_updates: bool,
+}
+
+/// Runs a volunteer with real Blender until `shutdown`, relaunching it on a staged build (the `join` command).
+pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let JoinOptions { bootstrap, mdns, cache_dir, blender: program, render: options, renderers, auto_updates } =
+        options;
+    if bootstrap.is_empty() && !mdns {
         anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
     }
-    let cache_dir = match args.cache_dir {
-        // Blender is given paths inside the cache; they must not depend on its working folder.
-        Some(dir) => std::path::absolute(&dir).with_context(|| format!("bad cache folder {}", dir.display()))?,
-        None => {
-            dirs::cache_dir().context("no cache folder is known for this user; pass --cache-dir")?.join("blenderdist")
-        }
-    };
-    let program = BlenderRenderer::default_program(args.blender);
-    let options = BlenderOptions {
-        threads: args.threads,
-        process_per_frame: args.process_per_frame,
-        limits: Limits {
-            frame_time: (args.frame_timeout > 0).then(|| Duration::from_secs(args.frame_timeout)),
-            memory: args.max_memory.map(|mib| mib << 20),
-        },
-        keep_open: args.renderers as usize,
-        device: args.device.clone(),
-    };
     let renderer = BlenderRenderer::new(program, options, &cache_dir.join("driver")).await?;
     info!(
         "Blender {} (build {}), denoiser: {}",
@@ -78,12 +74,12 @@ pub async fn run_cli(args: JoinArgs, shutdown: impl Future<Output = ()> + Send +
         .with_context(|| format!("cannot create the cache folder {}", cache_dir.display()))?;
     let own = OwnBinary::locate().await?;
     let pinned = bootstrap.iter().filter_map(crate::net::peer_of).collect();
-    let updater = Arc::new(Updater::new(own, &cache_dir, pinned, !args.no_auto_updates));
+    let updater = Arc::new(Updater::new(own, &cache_dir, pinned, auto_updates));
     let config = WorkerConfig {
         cache_dir,
         bootstrap,
-        mdns: !args.no_mdns,
-        renderers: args.renderers,
+        mdns,
+        renderers,
         updater: Some(updater.clone()),
         caps: Some(renderer.caps().clone()),
     };
