@@ -27,6 +27,51 @@ pub const TRUST_FILE: &str = "trusted-owner";
 /// Where a volunteer records when the newest manifest it accepted was issued.
 pub const NEWEST_FILE: &str = "newest-manifest";
 
+/// Why a volunteer did not take an owner's build. Only [`UpdateError::Corrupt`] and [`UpdateError::SelfCheck`]
+/// mark a build as never to be tried again; the rest may go better with the next manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("the manifest's signature does not hold: {0}")]
+    Signature(#[from] manifest::ManifestError),
+    #[error("{owner} is not the owner named in this volunteer's bootstrap address")]
+    NotPinned { owner: String },
+    #[error(
+        "the owner changed: this volunteer trusts {trusted} (recorded in {}), not {owner}; delete that file to trust \
+         the new owner",
+        file.display()
+    )]
+    OwnerChanged { trusted: String, file: PathBuf, owner: String },
+    #[error("cannot record {what} in {}: {source}", file.display())]
+    Record { what: &'static str, file: PathBuf, source: std::io::Error },
+    #[error("the manifest was issued at {issued_at}, before one already seen ({newest}): a replay")]
+    Replay { issued_at: u64, newest: u64 },
+    #[error("the owner offers no build for {0}")]
+    NoBuild(&'static str),
+    #[error("build {0} was already refused")]
+    AlreadyRefused(String),
+    #[error("cannot reach the owner's update service: {0}")]
+    Network(String),
+    #[error("the owner did not serve build {hash}: {reply}")]
+    NotServed { hash: String, reply: String },
+    /// Bytes that are not the build the owner signed: never tried again.
+    #[error("refusing the new build: {0}")]
+    Corrupt(crate::store::blobs::BlobError),
+    /// A broken or stalled transfer: the next manifest tries again.
+    #[error("the transfer of the new build failed: {0}")]
+    Transfer(crate::store::blobs::BlobError),
+    #[error("cannot write the new build anywhere")]
+    Stage,
+    #[error("the new build {hash} failed its self-check ({reason}); keeping this program")]
+    SelfCheck { hash: String, reason: String },
+}
+
+impl UpdateError {
+    /// Whether the build must never be fetched again.
+    fn is_final(&self) -> bool {
+        matches!(self, UpdateError::Corrupt(_) | UpdateError::SelfCheck { .. })
+    }
+}
+
 /// What the volunteer decided about a manifest.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
@@ -73,25 +118,25 @@ impl Updater {
     }
 
     /// Whether `owner` may tell this volunteer what to run. Records the first owner when nothing pins one.
-    pub fn trusts(&self, owner: PeerId) -> Result<(), String> {
+    pub fn trusts(&self, owner: PeerId) -> Result<(), UpdateError> {
         if !self.pinned.is_empty() {
             return match self.pinned.contains(&owner) {
                 true => Ok(()),
-                false => Err(format!("{owner} is not the owner named in this volunteer's bootstrap address")),
+                false => Err(UpdateError::NotPinned { owner: owner.to_string() }),
             };
         }
         let file = self.cache_dir.join(TRUST_FILE);
         match std::fs::read_to_string(&file) {
             Ok(text) if text.trim() == owner.to_string() => Ok(()),
-            Ok(text) => Err(format!(
-                "the owner changed: this volunteer trusts {} (recorded in {}), not {owner}; \
-                 delete that file to trust the new owner",
-                text.trim(),
-                file.display()
-            )),
+            Ok(text) => {
+                Err(UpdateError::OwnerChanged { trusted: text.trim().to_string(), file, owner: owner.to_string() })
+            }
             Err(_) => {
-                std::fs::write(&file, format!("{owner}\n"))
-                    .map_err(|e| format!("cannot record the trusted owner in {}: {e}", file.display()))?;
+                std::fs::write(&file, format!("{owner}\n")).map_err(|source| UpdateError::Record {
+                    what: "the trusted owner",
+                    file: file.clone(),
+                    source,
+                })?;
                 info!("trusting owner {owner} for updates from now on (recorded in {})", file.display());
                 Ok(())
             }
@@ -99,14 +144,19 @@ impl Updater {
     }
 
     /// Handles a manifest from `from`: refuses it (with the reason), or decides, fetching and staging a new build.
-    pub async fn consider(&self, client: &Client, from: PeerId, signed: &SignedManifest) -> Result<Decision, String> {
+    pub async fn consider(
+        &self,
+        client: &Client,
+        from: PeerId,
+        signed: &SignedManifest,
+    ) -> Result<Decision, UpdateError> {
         let _one_at_a_time = self.considering.lock().await;
         // The signature first: only a manifest really signed by `from` may make it the trusted owner.
-        let manifest = manifest::verify(signed, from).map_err(|e| e.to_string())?;
+        let manifest = manifest::verify(signed, from)?;
         self.trusts(from)?;
         self.check_fresh(manifest.issued_at)?;
         let Some(build) = manifest.binaries.iter().find(|b| b.target == manifest::TARGET) else {
-            return Err(format!("the owner offers no build for {}", manifest::TARGET));
+            return Err(UpdateError::NoBuild(manifest::TARGET));
         };
         if build.hash == self.own.hash {
             return Ok(Decision::UpToDate);
@@ -118,12 +168,12 @@ impl Updater {
             return Ok(Decision::Staged(staged));
         }
         if self.tried.lock().unwrap_or_else(|e| e.into_inner()).contains(&build.hash) {
-            return Err(format!("build {} was already refused", build.hash.short()));
+            return Err(UpdateError::AlreadyRefused(build.hash.short()));
         }
         info!("owner {from} runs build {}; fetching it", build.hash.short());
         // A failed transfer may be retried with the next manifest; a corrupt build or a failed check never is.
         let fetched = fetch(client, from, build, &self.cache_dir).await.inspect_err(|e| {
-            if e.starts_with("refusing") {
+            if e.is_final() {
                 self.tried.lock().unwrap_or_else(|e| e.into_inner()).insert(build.hash);
             }
         })?;
@@ -131,10 +181,7 @@ impl Updater {
         if let Err(e) = self_check(&staged).await {
             let _ = std::fs::remove_file(&staged);
             self.tried.lock().unwrap_or_else(|e| e.into_inner()).insert(build.hash);
-            return Err(format!(
-                "the new build {} failed its self-check ({e}); keeping this program",
-                build.hash.short()
-            ));
+            return Err(UpdateError::SelfCheck { hash: build.hash.short(), reason: e });
         }
         info!("build {} passed its self-check; switching once the frames in flight are done", build.hash.short());
         *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(staged.clone());
@@ -143,23 +190,24 @@ impl Updater {
 
     /// Refuses a manifest older than the newest one accepted (kept in the cache dir across relaunches), so a
     /// replayed old manifest cannot take volunteers back to an old build.
-    fn check_fresh(&self, issued_at: u64) -> Result<(), String> {
+    fn check_fresh(&self, issued_at: u64) -> Result<(), UpdateError> {
         let file = self.cache_dir.join(NEWEST_FILE);
         let newest: u64 = std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
         if issued_at < newest {
-            return Err(format!(
-                "the manifest was issued at {issued_at}, before one already seen ({newest}): a replay"
-            ));
+            return Err(UpdateError::Replay { issued_at, newest });
         }
         if issued_at > newest {
-            std::fs::write(&file, format!("{issued_at}\n"))
-                .map_err(|e| format!("cannot record the manifest's date in {}: {e}", file.display()))?;
+            std::fs::write(&file, format!("{issued_at}\n")).map_err(|source| UpdateError::Record {
+                what: "the manifest's date",
+                file: file.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
 
     /// Copies a verified build next to the program when that folder is writable, else into the cache dir.
-    async fn stage(&self, fetched: &Path, hash: BlobHash) -> Result<PathBuf, String> {
+    async fn stage(&self, fetched: &Path, hash: BlobHash) -> Result<PathBuf, UpdateError> {
         use std::os::unix::fs::PermissionsExt;
         let name = format!(".blenderdist-update-{}", hash.short());
         let beside = self.own.path.parent().map(|dir| dir.join(&name));
@@ -174,7 +222,7 @@ impl Updater {
                 return Ok(target);
             }
         }
-        Err("cannot write the new build anywhere".into())
+        Err(UpdateError::Stage)
     }
 
     /// Puts the staged build in place of the program (atomically, when its folder is writable) and returns the
@@ -189,31 +237,36 @@ impl Updater {
 }
 
 /// Asks `owner` for its signed manifest over the unversioned update protocol (`None`: it has none).
-pub async fn fetch_manifest(client: &Client, owner: PeerId) -> Result<Option<SignedManifest>, String> {
-    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| e.to_string())?;
-    write_header(&mut stream, &UpdateRequest::Manifest).await.map_err(|e| e.to_string())?;
-    read_header_max(&mut stream, MAX_MANIFEST as u32).await.map_err(|e| e.to_string())
+pub async fn fetch_manifest(client: &Client, owner: PeerId) -> Result<Option<SignedManifest>, UpdateError> {
+    let net = |e: &dyn std::fmt::Display| UpdateError::Network(e.to_string());
+    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| net(&e))?;
+    write_header(&mut stream, &UpdateRequest::Manifest).await.map_err(|e| net(&e))?;
+    read_header_max(&mut stream, MAX_MANIFEST as u32).await.map_err(|e| net(&e))
 }
 
 /// Fetches a build by hash from the owner into the blob cache, verified; a corrupt blob is refused.
-async fn fetch(client: &Client, owner: PeerId, build: &PlatformBinary, cache_dir: &Path) -> Result<PathBuf, String> {
-    let blobs = BlobStore::open(cache_dir.join("updates")).map_err(|e| e.to_string())?;
-    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| e.to_string())?;
-    write_header(&mut stream, &UpdateRequest::Build { hash: build.hash }).await.map_err(|e| e.to_string())?;
-    match read_header(&mut stream).await.map_err(|e| e.to_string())? {
+async fn fetch(
+    client: &Client,
+    owner: PeerId,
+    build: &PlatformBinary,
+    cache_dir: &Path,
+) -> Result<PathBuf, UpdateError> {
+    let net = |e: &dyn std::fmt::Display| UpdateError::Network(e.to_string());
+    let blobs = BlobStore::open(cache_dir.join("updates")).map_err(UpdateError::Transfer)?;
+    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| net(&e))?;
+    write_header(&mut stream, &UpdateRequest::Build { hash: build.hash }).await.map_err(|e| net(&e))?;
+    match read_header(&mut stream).await.map_err(|e| net(&e))? {
         BlobReply::Found { size } if size == build.size => {
             blobs.receive(&build.hash, size, &mut stream).await.map_err(|e| match e {
-                // Bytes that are not the build the owner signed: never tried again.
-                crate::store::blobs::BlobError::HashMismatch { .. } => format!("refusing the new build: {e}"),
-                // A broken or stalled transfer: the next manifest tries again.
-                other => format!("the transfer of the new build failed: {other}"),
+                e @ crate::store::blobs::BlobError::HashMismatch { .. } => UpdateError::Corrupt(e),
+                other => UpdateError::Transfer(other),
             })
         }
-        other => Err(format!("the owner did not serve build {}: {other:?}", build.hash.short())),
+        other => Err(UpdateError::NotServed { hash: build.hash.short(), reply: format!("{other:?}") }),
     }
 }
 
 /// Logs a refusal the way every caller should.
-pub fn log_refusal(from: PeerId, reason: &str) {
+pub fn log_refusal(from: PeerId, reason: &UpdateError) {
     warn!("refused an update manifest from {from}: {reason}");
 }
