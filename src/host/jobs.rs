@@ -3,13 +3,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
-    time::UNIX_EPOCH,
+    path::Path,
 };
 
 use tracing::{info, warn};
 
-use super::{jobfile, project::Prepared, Host};
+use super::{
+    jobfile,
+    project::Prepared,
+    scan::{DirScan, ScannedJob},
+    Host,
+};
 use crate::{
     protocol::BlobHash,
     scheduler::{JobChange, JobDesc, JobNeeds},
@@ -25,13 +29,14 @@ pub struct JobTable {
     preparing: HashSet<String>,
     /// What the job log last said about jobs no volunteer can render, so it is said once.
     waiting: HashMap<String, String>,
+    /// From the last scan of JOBDIR: whether each job is suspended, and its arrival order.
+    scanned: HashMap<String, (bool, u64)>,
     /// Job names in JOBDIR at the last scan: a preparation that finishes for a job no longer listed is dropped.
     listed: HashSet<String>,
 }
 
 /// A finished preparation of a job's project, sent back to the event loop.
 pub struct JobPrepared {
-    path: PathBuf,
     file: jobfile::JobFile,
     result: Result<Prepared, super::project::PrepareError>,
 }
@@ -45,6 +50,10 @@ struct TrackedJob {
 }
 
 impl JobTable {
+    fn suspended(&self, name: &str) -> bool {
+        self.scanned.get(name).is_some_and(|s| s.0)
+    }
+
     /// True the first time a frame of this job (in its current version) is granted, for the job log.
     pub fn first_grant(&mut self, name: &str) -> bool {
         match self.jobs.get_mut(name) {
@@ -58,37 +67,36 @@ impl JobTable {
 }
 
 impl Host {
-    /// Brings the scheduler in line with JOBDIR: job files that are gone or unusable are dealt with here; every usable
-    /// one has its project prepared in the background ([`Host::on_prepared`] applies the result). Returns whether
-    /// anything changed.
-    pub(super) async fn rescan(&mut self) -> bool {
-        let jobdir = self.config.jobdir.clone();
-        let paths = match jobfile::scan_job_dir(&jobdir) {
-            Ok(paths) => paths,
-            Err(e) => {
-                warn!("cannot list the job folder {}: {e}", jobdir.display());
-                return false;
-            }
-        };
+    /// Brings the scheduler in line with a scan of JOBDIR (read on a blocking thread): job files that are gone or
+    /// unusable are dealt with here; every usable one has its project prepared in the background
+    /// ([`Host::on_prepared`] applies the result). Returns whether anything changed.
+    pub(super) fn on_scan(&mut self, scan: DirScan) -> bool {
+        if let Some(error) = scan.error {
+            warn!("cannot list the job folder {error}");
+            return false;
+        }
         let mut changed = false;
         let mut seen = HashSet::new();
-        for path in paths {
-            let Some(name) = jobfile::job_name(&path) else {
-                let shown = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                seen.insert(shown.clone());
-                if let std::collections::hash_map::Entry::Vacant(e) = self.jobs.errors.entry(shown) {
-                    warn!(
-                        "ignoring {}: a job name must not be empty, start with a dot or hold control characters",
-                        e.key()
-                    );
-                    e.insert("bad name".into());
+        for ScannedJob { name, file, suspended, order } in scan.jobs {
+            let name = match name {
+                Ok(name) => name,
+                Err(shown) => {
+                    seen.insert(shown.clone());
+                    if let std::collections::hash_map::Entry::Vacant(e) = self.jobs.errors.entry(shown) {
+                        warn!(
+                            "ignoring {}: a job name must not be empty, start with a dot or hold control characters",
+                            e.key()
+                        );
+                        e.insert("bad name".into());
+                    }
+                    continue;
                 }
-                continue;
             };
             seen.insert(name.clone());
-            match jobfile::load_job_file(&path, &jobdir) {
-                Ok(file) => changed |= self.prepare_job(path, file),
-                Err(e) => changed |= self.reject_job(&name, e.to_string()),
+            self.jobs.scanned.insert(name.clone(), (suspended, order));
+            match file {
+                Ok(file) => changed |= self.prepare_job(file),
+                Err(e) => changed |= self.reject_job(&name, e),
             }
         }
         let gone: Vec<String> = self.jobs.jobs.keys().filter(|n| !seen.contains(*n)).cloned().collect();
@@ -97,41 +105,42 @@ impl Host {
             changed = true;
         }
         self.jobs.errors.retain(|name, _| seen.contains(name));
+        self.jobs.scanned.retain(|name, _| seen.contains(name));
         self.jobs.listed = seen;
         changed
     }
 
     /// Prepares a job's project in the background, unless a preparation of it is running already. A job whose
     /// project is known only has its suspension brought up to date here.
-    fn prepare_job(&mut self, path: PathBuf, file: jobfile::JobFile) -> bool {
+    fn prepare_job(&mut self, file: jobfile::JobFile) -> bool {
         let name = file.name.clone();
-        let changed = self.sync_suspension(&path, &name);
+        let changed = self.sync_suspension(&name);
         if !self.jobs.preparing.insert(name.clone()) {
             return changed;
         }
         let (preparer, done) = (self.preparer.clone(), self.prepared_tx.clone());
         tokio::spawn(async move {
             let result = preparer.prepare(&file.blend).await;
-            let _ = done.send(JobPrepared { path, file, result }).await;
+            let _ = done.send(JobPrepared { file, result }).await;
         });
         changed
     }
 
     /// A preparation finished: the job starts, restarts on new files, or stays as it is.
     pub(super) fn on_prepared(&mut self, prepared: JobPrepared) -> bool {
-        let JobPrepared { path, file, result } = prepared;
+        let JobPrepared { file, result } = prepared;
         self.jobs.preparing.remove(&file.name);
         if !self.jobs.listed.contains(&file.name) {
             return false;
         }
         match result {
-            Ok(project) => self.apply_job(&path, file, project),
+            Ok(project) => self.apply_job(file, project),
             Err(e) => self.reject_job(&file.name.clone(), e.to_string()),
         }
     }
 
-    fn sync_suspension(&mut self, path: &Path, name: &str) -> bool {
-        let suspended = suspend_path(path).exists();
+    fn sync_suspension(&mut self, name: &str) -> bool {
+        let suspended = self.jobs.suspended(name);
         let Some(tracked) = self.jobs.jobs.get_mut(name) else { return false };
         if tracked.suspended == suspended {
             return false;
@@ -142,15 +151,15 @@ impl Host {
         true
     }
 
-    fn apply_job(&mut self, path: &Path, file: jobfile::JobFile, project: Prepared) -> bool {
+    fn apply_job(&mut self, file: jobfile::JobFile, project: Prepared) -> bool {
         let name = file.name.clone();
         let blend = project.manifest;
-        let suspended = suspend_path(path).exists();
+        let suspended = self.jobs.suspended(&name);
         self.jobs.errors.remove(&name);
         let unchanged = self.jobs.jobs.get(&name).is_some_and(|t| t.file == file && t.blend == blend);
         let mut changed = false;
         if !unchanged {
-            if let Err(e) = self.upsert_job(path, &file, &project) {
+            if let Err(e) = self.upsert_job(&file, &project) {
                 return self.reject_job(&name, e);
             }
             self.jobs.jobs.insert(
@@ -172,7 +181,7 @@ impl Host {
         changed
     }
 
-    fn upsert_job(&mut self, path: &Path, file: &jobfile::JobFile, project: &Prepared) -> Result<(), String> {
+    fn upsert_job(&mut self, file: &jobfile::JobFile, project: &Prepared) -> Result<(), String> {
         let (blend, size) = (project.manifest, project.manifest_size);
         let record = JobRecord { blend, first: file.first, last: file.last };
         self.state.put_job(&file.name, &record).map_err(|e| e.to_string())?;
@@ -187,7 +196,7 @@ impl Host {
             first: file.first,
             last: file.last,
             priority: file.priority,
-            order: arrival_order(path),
+            order: self.jobs.scanned.get(&file.name).map_or(u64::MAX, |s| s.1),
             needs: JobNeeds {
                 saved_by: project.saved_by,
                 denoiser: project.scene.denoising,
@@ -284,20 +293,4 @@ impl Host {
 fn frames_on_disk(dir: &Path) -> HashSet<u32> {
     let Ok(entries) = std::fs::read_dir(dir) else { return HashSet::new() };
     entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str()?.split_once('.')?.0.parse().ok()).collect()
-}
-
-fn suspend_path(job_path: &Path) -> PathBuf {
-    let mut s = job_path.as_os_str().to_owned();
-    s.push(".suspend");
-    PathBuf::from(s)
-}
-
-/// Jobs are served oldest job file first: the file's modification time in nanoseconds.
-fn arrival_order(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(u64::MAX)
 }

@@ -11,6 +11,7 @@ pub mod joblog;
 mod jobs;
 mod owner;
 pub mod project;
+mod scan;
 mod trace;
 mod watch;
 
@@ -217,6 +218,35 @@ fn best_addr(addrs: &[Multiaddr]) -> Option<&Multiaddr> {
     addrs.iter().find(|a| !is_loopback(a)).or(addrs.first())
 }
 
+/// Whether a scan of JOBDIR is running, and whether another is wanted after it.
+#[derive(Default)]
+struct ScanState {
+    running: bool,
+    again: bool,
+}
+
+impl ScanState {
+    fn start(&mut self, jobdir: &Path, results: &mpsc::Sender<scan::DirScan>) {
+        if std::mem::replace(&mut self.running, true) {
+            self.again = true;
+            return;
+        }
+        let (jobdir, results) = (jobdir.to_path_buf(), results.clone());
+        tokio::spawn(async move {
+            if let Ok(found) = tokio::task::spawn_blocking(move || scan::scan(&jobdir)).await {
+                let _ = results.send(found).await;
+            }
+        });
+    }
+
+    fn done(&mut self, jobdir: &Path, results: &mpsc::Sender<scan::DirScan>) {
+        self.running = false;
+        if std::mem::take(&mut self.again) {
+            self.start(jobdir, results);
+        }
+    }
+}
+
 /// What the scheduler needs of a volunteer's reported capabilities; a version it cannot read counts as unknown.
 fn peer_caps(caps: VolunteerCaps) -> Option<PeerCaps> {
     let mut text = caps.blender;
@@ -269,7 +299,10 @@ impl Host {
         let mut tick = tokio::time::interval(TICK);
         let mut offer = tokio::time::interval(OFFER_INTERVAL);
         let (stored_tx, mut stored) = mpsc::channel(4);
-        self.rescan().await;
+        // JOBDIR is read on a blocking thread; a change noticed while a scan runs asks for one more after it.
+        let (scan_tx, mut scans) = mpsc::channel(1);
+        let mut scan_state = ScanState::default();
+        scan_state.start(&self.config.jobdir, &scan_tx);
         loop {
             tokio::select! {
                 // In this order: volunteers' messages (renewals among them) are handled before the tick may expire
@@ -295,11 +328,13 @@ impl Host {
                 }
                 // A change in JOBDIR or in a folder of jobs' files (or the periodic fallback for file systems
                 // notify cannot watch).
-                _ = watcher.changed() => {
-                    if self.rescan().await {
+                _ = watcher.changed() => scan_state.start(&self.config.jobdir, &scan_tx),
+                Some(scan) = scans.recv() => {
+                    if self.on_scan(scan) {
                         self.offer_now = true;
                         watcher.watch_folders(self.project_folders());
                     }
+                    scan_state.done(&self.config.jobdir, &scan_tx);
                 }
                 _ = tick.tick() => {
                     self.report_unservable();
