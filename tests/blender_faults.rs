@@ -116,7 +116,11 @@ fn suspending_a_real_job_holds_it_and_removing_the_file_resumes_it() {
     let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
     let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path()];
     let _v = spawn_isolated_volunteer(&hidden, &dirs.cache("v"), &addr, &[]);
-    std::thread::sleep(Duration::from_secs(4));
+    let log = |job: &str| std::fs::read_to_string(dirs.jobdir.join(format!("{job}.log"))).unwrap_or_default();
+    wait_until_blocking("the job, accepted suspended", LIMIT, || log("sus").contains("suspended"));
+    // A younger job renders to the end meanwhile; the older one would be served first, were it not suspended.
+    write_job(&dirs.jobdir, "other", "scene.blend", 1, 1);
+    wait_until_blocking("the younger job", LIMIT, || files_in(&dirs.renderdir.join("other")).len() == 1);
     assert!(files_in(&dirs.renderdir.join("sus")).is_empty(), "a suspended job rendered");
     std::fs::remove_file(&suspend).unwrap();
     let names = frame_names(1, 4, "png");

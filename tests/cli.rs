@@ -85,8 +85,14 @@ fn job_names_that_could_escape_the_render_folder_are_ignored() {
     for bad in ["..job", "...job", ".blenderdist.job", ".blenderdist-tmp.job"] {
         std::fs::write(dirs.jobdir.join(bad), "scene.blend\n1\n1\n").unwrap();
     }
+    // A good job beside them, written after the host started: once it is accepted, the bad ones have been scanned
+    // (at start, and again for this one).
     let (_host, _addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    write_job(&dirs.jobdir, "good", "scene.blend", 1, 1);
+    let log = dirs.jobdir.join("good.log");
+    wait_until_blocking("the good job", std::time::Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("accepted"))
+    });
     let mut left: Vec<String> = files_in(dirs.root.path());
     left.retain(|n| n != "jobs" && n != "renders");
     assert!(left.is_empty(), "something was written next to the render folder: {left:?}");

@@ -25,6 +25,8 @@ fn log_of(dirs: &Dirs, job: &str) -> String {
 async fn a_suspended_job_waits_and_resumes_when_the_file_goes() {
     let dirs = Dirs::new();
     std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
+    std::fs::write(dirs.jobdir.join("other.blend"), b"other").unwrap();
+    std::fs::write(dirs.jobdir.join("third.blend"), b"third").unwrap();
     let suspend = dirs.jobdir.join("s.job.suspend");
     std::fs::write(&suspend, b"").unwrap();
     write_job(&dirs.jobdir, "s", "scene.blend", 1, 30);
@@ -32,22 +34,31 @@ async fn a_suspended_job_waits_and_resumes_when_the_file_goes() {
     let renderer = fake(100);
     let (_w, _sw) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), renderer.clone());
     let out = dirs.renderdir.join("s");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("the job, accepted suspended", LIMIT, || log_of(&dirs, "s").contains("suspended")).await;
+    // A younger job renders to the end while the older, suspended one gets nothing: it would be served first.
+    write_job(&dirs.jobdir, "a", "other.blend", 1, 2);
+    wait_until("the younger job", LIMIT, || count(&dirs.renderdir.join("a")) == 2).await;
     assert_eq!(count(&out), 0, "a suspended job rendered");
 
     std::fs::remove_file(&suspend).unwrap();
     wait_until("some frames after resuming", LIMIT, || count(&out) >= 5).await;
-    // Suspend mid-job: frames already granted finish, then nothing new.
+    // Suspend mid-job: frames already granted finish, then nothing new: once another job's frames start, no frame
+    // of the suspended job is started again.
     std::fs::write(&suspend, b"").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("the suspension in the job log", LIMIT, || log_of(&dirs, "s").matches("suspended").count() >= 2).await;
+    write_job(&dirs.jobdir, "b", "third.blend", 1, 2);
+    wait_until("the other job", LIMIT, || count(&dirs.renderdir.join("b")) == 2).await;
+    let (of_s, of_b) = (BlobHash::of_bytes(b"blend").to_hex(), BlobHash::of_bytes(b"third").to_hex());
+    let order: Vec<String> = renderer.frames().into_iter().map(|(blend, _)| blend).collect();
+    let first_b = order.iter().position(|b| *b == of_b).unwrap_or(order.len());
+    assert!(!order[first_b..].contains(&of_s), "frames kept coming while suspended");
     let held = count(&out);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(count(&out), held, "frames kept coming while suspended");
     assert!(held < 30, "the job finished before the suspension could be seen");
 
     std::fs::remove_file(&suspend).unwrap();
     wait_until("the rest after resuming", LIMIT, || count(&out) == 30).await;
-    assert_eq!(renderer.frames().len(), 30, "some frame was rendered twice");
+    let rendered = renderer.frames().iter().filter(|(blend, _)| *blend == of_s).count();
+    assert_eq!(rendered, 30, "some frame was rendered twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,16 +117,23 @@ async fn editing_the_range_keeps_done_frames_and_a_new_blend_restarts_the_job() 
 async fn removing_the_job_file_cancels_the_job_and_keeps_finished_frames() {
     let dirs = Dirs::new();
     std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
+    std::fs::write(dirs.jobdir.join("other.blend"), b"other").unwrap();
     write_job(&dirs.jobdir, "gone", "scene.blend", 1, 200);
     let (host, _stop) = start_host(&dirs).await;
-    let (_w, _sw) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), fake(100));
+    let renderer = fake(100);
+    let (_w, _sw) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), renderer.clone());
     let out = dirs.renderdir.join("gone");
     wait_until("a few frames", LIMIT, || count(&out) >= 3).await;
     std::fs::remove_file(dirs.jobdir.join("gone.job")).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("the cancellation", LIMIT, || log_of(&dirs, "gone").contains("cancelled")).await;
+    // Another job renders to the end: once its frames start, no frame of the removed job starts or arrives.
+    write_job(&dirs.jobdir, "next", "other.blend", 1, 3);
+    wait_until("the next job", LIMIT, || count(&dirs.renderdir.join("next")) == 3).await;
+    let (gone, next) = (BlobHash::of_bytes(b"blend").to_hex(), BlobHash::of_bytes(b"other").to_hex());
+    let order: Vec<String> = renderer.frames().into_iter().map(|(blend, _)| blend).collect();
+    let first_next = order.iter().position(|b| *b == next).unwrap_or(order.len());
+    assert!(!order[first_next..].contains(&gone), "frames kept arriving after the job was removed");
     let kept = count(&out);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(count(&out), kept, "frames kept arriving after the job was removed");
     assert!((3..200).contains(&kept));
     assert!(log_of(&dirs, "gone").contains("cancelled"), "{}", log_of(&dirs, "gone"));
 }
@@ -127,8 +145,9 @@ async fn a_volunteer_that_vanishes_mid_frame_has_its_frames_requeued_at_once() {
     write_job(&dirs.jobdir, "v", "scene.blend", 1, 6);
     let (host, _stop) = start_host(&dirs).await;
     // A volunteer so slow it would hold its frames for a minute, then vanishes.
-    let (slow, stop_slow) = start_fake_worker(dirs.cache("slow"), host.addrs[0].clone(), fake(60_000));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let slow_renderer = fake(60_000);
+    let (slow, stop_slow) = start_fake_worker(dirs.cache("slow"), host.addrs[0].clone(), slow_renderer.clone());
+    wait_until("the slow volunteer rendering", LIMIT, || slow_renderer.active() > 0).await;
     let _ = stop_slow.send(());
     let _ = slow.await;
     let renderer = fake(10);
@@ -176,7 +195,11 @@ async fn a_second_host_on_the_same_folder_waits_as_a_standby_and_takes_over() {
     config.renderdir = dirs.root.path().join("renders-standby");
     let (_stop2, shutdown) = shutdown_switch();
     let standby = tokio::spawn(blenderdist::host::start(config, shutdown));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The first host renders a job to the end meanwhile: all that time, the second one waits.
+    std::fs::write(dirs.jobdir.join("first.blend"), b"first").unwrap();
+    write_job(&dirs.jobdir, "first", "first.blend", 1, 2);
+    let (_w1, _sw1) = start_fake_worker(dirs.cache("w1"), first.addrs[0].clone(), fake(10));
+    wait_until("a job on the first host", LIMIT, || count(&dirs.renderdir.join("first")) == 2).await;
     assert!(!standby.is_finished(), "the second host started while the first owned the folder");
 
     let _ = stop_first.send(());

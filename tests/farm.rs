@@ -57,8 +57,14 @@ async fn a_bad_job_is_reported_by_name_and_the_others_carry_on() {
     let nofile = std::fs::read_to_string(dirs.jobdir.join("nofile.log")).unwrap();
     assert!(nofile.contains("missing.blend"), "{nofile}");
     assert!(!dirs.renderdir.join("broken").exists() && !dirs.renderdir.join("nofile").exists());
-    // Reported once, not once per rescan.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Reported once, not once per rescan: three more jobs, each seen by a later scan of the folder.
+    let good_blend = std::fs::read_to_string(dirs.jobdir.join("good.job")).unwrap();
+    let good_blend = good_blend.lines().next().unwrap_or_default().to_string();
+    for i in 0..3 {
+        write_job(&dirs.jobdir, &format!("later{i}"), &good_blend, 1, 1);
+        let log = dirs.jobdir.join(format!("later{i}.log"));
+        wait_until("a later scan", LIMIT, || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("accepted"))).await;
+    }
     let again = std::fs::read_to_string(dirs.jobdir.join("broken.log")).unwrap();
     assert_eq!(again.lines().count(), 1, "{again}");
 }

@@ -147,7 +147,9 @@ impl Host {
         }
         tracked.suspended = suspended;
         self.scheduler.set_suspended(name, suspended);
-        info!("job {name} {}", if suspended { "suspended" } else { "resumed" });
+        let what = if suspended { "suspended: no new frames until NAME.job.suspend goes" } else { "resumed" };
+        info!("job {name} {what}");
+        self.joblog.append(name, what);
         true
     }
 
@@ -174,6 +176,7 @@ impl Host {
                 self.scheduler.set_suspended(&name, suspended);
                 if suspended {
                     info!("job {name} suspended");
+                    self.joblog.append(&name, "suspended: no new frames until NAME.job.suspend goes");
                 }
                 changed = true;
             }
