@@ -68,10 +68,14 @@ async fn higher_priority_renders_first_then_older_jobs_first() {
         std::fs::write(dirs.jobdir.join(format!("{name}.blend")), name.as_bytes()).unwrap();
     }
     write_job(&dirs.jobdir, "old", "old.blend", 1, 4);
-    std::thread::sleep(Duration::from_millis(20));
     write_job(&dirs.jobdir, "new", "new.blend", 1, 4);
-    std::thread::sleep(Duration::from_millis(20));
     std::fs::write(dirs.jobdir.join("urgent.job"), "urgent.blend\n1\n4\npriority = 5\n").unwrap();
+    // Arrival order is the job file's modification time: set it rather than wait for the clock to move.
+    let base = std::time::SystemTime::now() - Duration::from_secs(60);
+    for (i, name) in ["old", "new", "urgent"].into_iter().enumerate() {
+        let file = std::fs::File::options().write(true).open(dirs.jobdir.join(format!("{name}.job"))).unwrap();
+        file.set_modified(base + Duration::from_secs(i as u64)).unwrap();
+    }
     let (host, _stop) = start_host(&dirs).await;
     let renderer = fake(20);
     let (_w, _sw) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), renderer.clone());
