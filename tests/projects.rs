@@ -38,27 +38,51 @@ fn job_log(dirs: &Dirs, job: &str) -> String {
     std::fs::read_to_string(dirs.jobdir.join(format!("{job}.log"))).unwrap_or_default()
 }
 
-/// Renders a project on the farm (host + two volunteers that see neither JOBDIR nor the artist's folder) and
-/// compares it with plain Blender.
+/// A farm for one test: a host, and volunteers that can see neither JOBDIR, RENDERDIR nor the artist's folder.
+struct TestFarm {
+    _host: Proc,
+    _volunteers: Vec<Proc>,
+}
+
+/// Renders frames 1..=`frames` of `blend` with plain `blender -b -a` (the baseline), then on a farm whose volunteers
+/// (one per cache name, logging to `volunteer-NAME.log`) cannot see the owner's folders, and checks every frame
+/// against the baseline. Returns the job log, and the farm (still running).
+fn render_on_the_farm(dirs: &Dirs, artist: &Path, blend: &Path, frames: u32, caches: &[&str]) -> (String, TestFarm) {
+    let baseline = dirs.root.path().join("baseline");
+    render_baseline(blend, &baseline);
+    let (host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
+    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist];
+    let log = |c: &str| dirs.root.path().join(format!("volunteer-{c}.log"));
+    let volunteers =
+        caches.iter().map(|c| spawn_isolated_volunteer_logged(&hidden, &dirs.cache(c), &addr, &log(c))).collect();
+    write_job(&dirs.jobdir, "shot", &blend.to_string_lossy(), 1, frames);
+    let out = dirs.renderdir.join("shot");
+    let names = frame_names(1, frames, "png");
+    let done = || names.iter().all(|n| out.join(n).is_file());
+    wait_until_blocking("every frame", LIMIT, || done() || job_log(dirs, "shot").contains("failed"));
+    let log = job_log(dirs, "shot");
+    assert!(done() && !log.contains("failed"), "{log}");
+    assert_same_pixels(&baseline, &out, &names);
+    (log, TestFarm { _host: host, _volunteers: volunteers })
+}
+
+/// A scene of `scripts/make_scene.py` in the artist's folder, changed by a line of Blender Python.
+fn scene_with(dirs: &Dirs, expr: &str) -> (PathBuf, PathBuf) {
+    let artist = dirs.root.path().join("artist");
+    std::fs::create_dir_all(&artist).unwrap();
+    let blend = artist.join("scene.blend");
+    make_scene(&blend, 2, "32x24", 1);
+    let expr = format!("import bpy; {expr}; bpy.ops.wm.save_mainfile()");
+    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", &expr]);
+    (artist, blend)
+}
+
+/// Renders a generated project (`make_project.py --kind KIND`) on the farm with two volunteers.
 fn render_project_on_the_farm(kind: &str, frames: u32) -> (Dirs, String) {
     let dirs = Dirs::new();
     let artist = dirs.root.path().join("artist home");
     let main = make_project(&artist, kind);
-    let baseline = dirs.root.path().join("baseline");
-    render_baseline(&main, &baseline);
-
-    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
-    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
-    let _a = spawn_isolated_volunteer(&hidden, &dirs.cache("a"), &addr, &[]);
-    let _b = spawn_isolated_volunteer(&hidden, &dirs.cache("b"), &addr, &[]);
-    write_job(&dirs.jobdir, "shot", &main.to_string_lossy(), 1, frames);
-
-    let out = dirs.renderdir.join("shot");
-    let names = frame_names(1, frames, "png");
-    wait_until_blocking("every frame", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
-    let log = job_log(&dirs, "shot");
-    assert!(!log.contains("failed"), "{log}");
-    assert_same_pixels(&baseline, &out, &names);
+    let (log, _farm) = render_on_the_farm(&dirs, &artist, &main, frames, &["a", "b"]);
     (dirs, log)
 }
 
@@ -99,30 +123,17 @@ fn paths_blender_lists_but_never_reads_do_not_fail_frames() {
         return;
     }
     let dirs = Dirs::new();
-    let artist = dirs.root.path().join("artist");
-    std::fs::create_dir_all(&artist).unwrap();
-    let blend = artist.join("scene.blend");
-    make_scene(&blend, 2, "32x24", 1);
     // An unbaked fluid domain (its cache folder does not exist anywhere) and a text block saved from a file: Blender
     // lists both paths, neither is needed to render.
-    std::fs::write(artist.join("notes.py"), "# notes\n").unwrap();
-    let expr = "import bpy; bpy.ops.mesh.primitive_cube_add(size=0.5, location=(5, 5, 5)); \
-                m = bpy.context.object.modifiers.new('fluid', 'FLUID'); m.fluid_type = 'DOMAIN'; \
-                t = bpy.data.texts.new('notes'); t.filepath = '//notes.py'; t.use_fake_user = True; \
-                bpy.ops.wm.save_mainfile()";
-    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
-    let baseline = dirs.root.path().join("baseline");
-    render_baseline(&blend, &baseline);
-
-    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
-    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
-    let _a = spawn_isolated_volunteer(&hidden, &dirs.cache("a"), &addr, &[]);
-    write_job(&dirs.jobdir, "shot", &blend.to_string_lossy(), 1, 2);
-    let out = dirs.renderdir.join("shot");
-    let names = frame_names(1, 2, "png");
-    wait_until_blocking("both frames", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
-    assert_eq!(files_in(&out), names, "{}", job_log(&dirs, "shot"));
-    assert_same_pixels(&baseline, &out, &names);
+    std::fs::create_dir_all(dirs.root.path().join("artist")).unwrap();
+    std::fs::write(dirs.root.path().join("artist").join("notes.py"), "# notes\n").unwrap();
+    let (artist, blend) = scene_with(
+        &dirs,
+        "bpy.ops.mesh.primitive_cube_add(size=0.5, location=(5, 5, 5)); \
+         m = bpy.context.object.modifiers.new('fluid', 'FLUID'); m.fluid_type = 'DOMAIN'; \
+         t = bpy.data.texts.new('notes'); t.filepath = '//notes.py'; t.use_fake_user = True",
+    );
+    render_on_the_farm(&dirs, &artist, &blend, 2, &["a"]);
 }
 
 #[test]
@@ -131,35 +142,22 @@ fn compositor_file_outputs_come_back_beside_the_frames() {
         return;
     }
     let dirs = Dirs::new();
-    let artist = dirs.root.path().join("artist");
-    std::fs::create_dir_all(&artist).unwrap();
-    let blend = artist.join("scene.blend");
-    make_scene(&blend, 2, "32x24", 1);
     // A File Output node writing the image and its alpha into //passes/beauty/ (as studios write passes).
-    let expr = "import bpy; s = bpy.context.scene; s.use_nodes = True; t = s.node_tree; \
-                rl = t.nodes['Render Layers']; fo = t.nodes.new('CompositorNodeOutputFile'); \
-                fo.base_path = '//passes/beauty'; fo.format.file_format = 'PNG'; fo.file_slots.new('alpha_'); \
-                t.links.new(rl.outputs['Image'], fo.inputs[0]); t.links.new(rl.outputs['Alpha'], fo.inputs[1]); \
-                bpy.ops.wm.save_mainfile()";
-    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
-    let baseline = dirs.root.path().join("baseline");
-    render_baseline(&blend, &baseline);
+    let (artist, blend) = scene_with(
+        &dirs,
+        "s = bpy.context.scene; s.use_nodes = True; t = s.node_tree; \
+         rl = t.nodes['Render Layers']; fo = t.nodes.new('CompositorNodeOutputFile'); \
+         fo.base_path = '//passes/beauty'; fo.format.file_format = 'PNG'; fo.file_slots.new('alpha_'); \
+         t.links.new(rl.outputs['Image'], fo.inputs[0]); t.links.new(rl.outputs['Alpha'], fo.inputs[1])",
+    );
+    let (log, _farm) = render_on_the_farm(&dirs, &artist, &blend, 2, &["a"]);
     let owners = artist.join("passes").join("beauty");
     let names = files_in(&owners);
     assert_eq!(names, ["Image0001.png", "Image0002.png", "alpha_0001.png", "alpha_0002.png"], "plain Blender wrote");
-
-    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
-    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
-    let _a = spawn_isolated_volunteer(&hidden, &dirs.cache("a"), &addr, &[]);
-    write_job(&dirs.jobdir, "shot", &blend.to_string_lossy(), 1, 2);
-    let out = dirs.renderdir.join("shot");
-    wait_until_blocking("both frames", LIMIT, || {
-        files_in(&out).len() == 3 || job_log(&dirs, "shot").contains("failed")
-    });
-    assert_eq!(files_in(&out), ["0001.png", "0002.png", "beauty"], "{}", job_log(&dirs, "shot"));
-    assert_same_pixels(&baseline, &out, &frame_names(1, 2, "png"));
     // The node's files, under their own names, as plain Blender wrote them on the owner's machine.
-    assert_eq!(files_in(&out.join("beauty")), names);
+    let out = dirs.renderdir.join("shot");
+    wait_until_blocking("the node's files", LIMIT, || files_in(&out.join("beauty")) == names);
+    assert_eq!(files_in(&out), ["0001.png", "0002.png", "beauty"], "{log}");
     assert_same_pixels(&owners, &out.join("beauty"), &names);
 }
 
@@ -178,30 +176,18 @@ fn an_image_sequence_of_thousands_of_files_travels_and_lays_out() {
         return;
     }
     let dirs = Dirs::new();
-    let artist = dirs.root.path().join("artist");
-    std::fs::create_dir_all(artist.join("seq")).unwrap();
+    let seq = dirs.root.path().join("artist").join("seq");
+    std::fs::create_dir_all(&seq).unwrap();
     for i in 1..=2000 {
-        write_png(&artist.join("seq").join(format!("f_{i:04}.png")), [(i % 256) as u8, (i / 256) as u8, 90]);
+        write_png(&seq.join(format!("f_{i:04}.png")), [(i % 256) as u8, (i / 256) as u8, 90]);
     }
-    let blend = artist.join("scene.blend");
-    make_scene(&blend, 2, "32x24", 1);
-    let expr = "import bpy; i = bpy.data.images.load('//seq/f_0001.png'); i.source = 'SEQUENCE'; \
-                i.use_fake_user = True; bpy.ops.wm.save_mainfile()";
-    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
-    let baseline = dirs.root.path().join("baseline");
-    render_baseline(&blend, &baseline);
-    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
-    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path(), artist.as_path()];
-    let cache = dirs.cache("a");
-    let _a = spawn_isolated_volunteer(&hidden, &cache, &addr, &[]);
-    write_job(&dirs.jobdir, "shot", &blend.to_string_lossy(), 1, 2);
-    let out = dirs.renderdir.join("shot");
-    let names = frame_names(1, 2, "png");
-    wait_until_blocking("both frames", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
-    assert_eq!(files_in(&out), names, "{}", job_log(&dirs, "shot"));
-    assert_same_pixels(&baseline, &out, &names);
-    assert!(job_log(&dirs, "shot").contains("2000 sequence files"), "{}", job_log(&dirs, "shot"));
-    assert!(cached_blobs(&cache) >= 2001, "the sequence did not travel");
+    let (artist, blend) = scene_with(
+        &dirs,
+        "i = bpy.data.images.load('//seq/f_0001.png'); i.source = 'SEQUENCE'; i.use_fake_user = True",
+    );
+    let (log, _farm) = render_on_the_farm(&dirs, &artist, &blend, 2, &["a"]);
+    assert!(log.contains("2000 sequence files"), "{log}");
+    assert!(cached_blobs(&dirs.cache("a")) >= 2001, "the sequence did not travel");
 }
 
 #[test]
@@ -210,23 +196,11 @@ fn an_eevee_scene_renders_as_blender_does_and_volunteers_say_eevee_works() {
         return;
     }
     let dirs = Dirs::new();
-    let blend = dirs.jobdir.join("eevee.blend");
-    make_scene(&blend, 2, "32x24", 1);
-    let expr = "import bpy; s = bpy.context.scene; s.render.engine = 'BLENDER_EEVEE'; \
-                s.eevee.taa_render_samples = 4; bpy.ops.wm.save_mainfile()";
-    blender(&["-b", &blend.to_string_lossy(), "--python-exit-code", "1", "--python-expr", expr]);
-    let baseline = dirs.root.path().join("baseline");
-    render_baseline(&blend, &baseline);
-    let (_host, addr) = spawn_host(&dirs.jobdir, &dirs.renderdir, &[]);
-    let hidden = [dirs.jobdir.as_path(), dirs.renderdir.as_path()];
-    let log = dirs.root.path().join("volunteer.log");
-    let _a = spawn_isolated_volunteer_logged(&hidden, &dirs.cache("a"), &addr, &log);
-    write_job(&dirs.jobdir, "shot", "eevee.blend", 1, 2);
-    let out = dirs.renderdir.join("shot");
-    let names = frame_names(1, 2, "png");
-    wait_until_blocking("both frames", LIMIT, || files_in(&out) == names || job_log(&dirs, "shot").contains("failed"));
-    assert_eq!(files_in(&out), names, "{}", job_log(&dirs, "shot"));
-    assert_same_pixels(&baseline, &out, &names);
+    let (artist, blend) =
+        scene_with(&dirs, "s = bpy.context.scene; s.render.engine = 'BLENDER_EEVEE'; s.eevee.taa_render_samples = 4");
+    let (_log, _farm) = render_on_the_farm(&dirs, &artist, &blend, 2, &["a"]);
+    // The volunteer also found, in the background, that Eevee works here.
+    let log = dirs.root.path().join("volunteer-a.log");
     wait_until_blocking("the volunteer's OpenGL probe", LIMIT, || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("Eevee and Workbench render here")
     });
