@@ -2,9 +2,12 @@
 # Runs blenderdist's benchmarks and prints a table (benchmark, measured, baseline, ratio, goal, met?); writes the same
 # table, the exact command, the date and the machine into docs/BENCHMARKS.md (between the bench:results markers).
 #
-#   scripts/bench.sh [--quick] [overhead] [scaling] [dispatch] [blob] [memory] [project]
+#   scripts/bench.sh [--quick] [--volunteers N] [--frames N] [--frame-ms N] [--peers N] [--limit SECONDS]
+#                    [overhead] [scaling] [dispatch] [blob] [memory] [project] [stalls]
 #
-# No name runs all six. --quick uses smaller sizes while developing (its figures are not the ones to record).
+# No name runs all seven. --quick uses smaller sizes while developing (its figures are not the ones to record).
+# The size options go to the benchmarks that take them (scaling: volunteers, frames, frame-ms; memory: peers,
+# frames; stalls: volunteers, frame-ms); --limit replaces each benchmark's hang guard (for larger sizes).
 # Builds once (`cargo build --release`: the binary and the benchmark binary benches/farm.rs) and reuses both.
 # Each benchmark has a time limit and stops by itself; temp files go to target/bench-tmp (the scaling benchmark
 # also uses /dev/shm) and are removed.
@@ -12,15 +15,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(overhead scaling dispatch blob memory project)
-# Hang guards, in seconds; a normal full run of all six takes about 5 minutes on 2 cores.
-declare -A limit=([overhead]=420 [scaling]=150 [dispatch]=90 [blob]=150 [memory]=90 [project]=600)
+all=(overhead scaling dispatch blob memory project stalls)
+# Hang guards, in seconds; a normal full run of all seven takes about 6 minutes on 2 cores.
+declare -A limit=([overhead]=420 [scaling]=240 [dispatch]=90 [blob]=150 [memory]=90 [project]=600 [stalls]=150)
 quick=()
+sizes=()
+limit_all=""
 names=()
-for arg in "$@"; do
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  arg="${args[i]}"
   case "$arg" in
     --quick) quick=(--quick) ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --volunteers|--frames|--frame-ms|--peers|--limit)
+      value="${args[i + 1]:-}"
+      [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: $arg needs a positive whole number" >&2; exit 2; }
+      if [[ "$arg" == --limit ]]; then limit_all="$value"; else sizes+=("$arg" "$value"); fi
+      i=$((i + 1)) ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *)
       [[ -n "${limit[$arg]:-}" ]] || { echo "bench.sh: unknown benchmark $arg (known: ${all[*]})" >&2; exit 2; }
@@ -70,8 +82,8 @@ status=0
 for name in "${names[@]}"; do
   before="$(grep -c '^ROW' "$rows" || true)"
   children_cpu; ours_before="$children_cpu"; read -r busy_before _ < <(jiffies); wall_before="$(date +%s.%N)"
-  if ! timeout --kill-after=15 "${limit[$name]}" "$bench" "$name" "${quick[@]}" --bin "$bin" --tmp "$tmp" \
-      >>"$run_dir/out.tsv"; then
+  if ! timeout --kill-after=15 "${limit_all:-${limit[$name]}}" "$bench" "$name" "${quick[@]}" "${sizes[@]}" \
+      --bin "$bin" --tmp "$tmp" >>"$run_dir/out.tsv"; then
     status=1
   fi
   children_cpu; read -r busy_after _ < <(jiffies)
@@ -84,7 +96,7 @@ for name in "${names[@]}"; do
   grep -E '^(ROW|NOTE)' "$run_dir/out.tsv" >>"$rows" || true
   : >"$run_dir/out.tsv"
   if [[ "$(grep -c '^ROW' "$rows" || true)" == "$before" ]]; then
-    printf 'ROW\t%s\tFAILED (no result within %s s)\t-\t-\t-\tno\n' "$name" "${limit[$name]}" >>"$rows"
+    printf 'ROW\t%s\tFAILED (no result within %s s)\t-\t-\t-\tno\n' "$name" "${limit_all:-${limit[$name]}}" >>"$rows"
   fi
 done
 busy_end="$(cpu_busy)"

@@ -643,6 +643,20 @@ def build_sequencer(proj, blend):
     save(blend)
 
 
+def smoke_material(name, color):
+    """A dense, coloured volume material, so the smoke shows clearly in a tiny render."""
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    nt = mat.node_tree
+    nt.nodes.clear()
+    out = nt.nodes.new("ShaderNodeOutputMaterial")
+    pv = nt.nodes.new("ShaderNodeVolumePrincipled")
+    pv.inputs["Density"].default_value = 20.0
+    pv.inputs["Color"].default_value = color
+    nt.links.new(pv.outputs["Volume"], out.inputs["Volume"])
+    return mat
+
+
 def build_volume(proj, blend, domain_renders=False):
     """A baked smoke simulation (OpenVDB cache). With domain_renders, the fluid domain itself renders it from
     its cache folder; otherwise a Volume object reads the VDB sequence and the domain is hidden."""
@@ -684,16 +698,7 @@ def build_volume(proj, blend, domain_renders=False):
     if not vdbs:
         raise RuntimeError("fluid bake wrote no .vdb files")
     if domain_renders:
-        dmat = bpy.data.materials.new("DomainSmoke")
-        dmat.use_nodes = True
-        dnt = dmat.node_tree
-        dnt.nodes.clear()
-        dout = dnt.nodes.new("ShaderNodeOutputMaterial")
-        dpv = dnt.nodes.new("ShaderNodeVolumePrincipled")
-        dpv.inputs["Density"].default_value = 20.0
-        dpv.inputs["Color"].default_value = (0.1, 0.4, 1.0, 1.0)
-        dnt.links.new(dpv.outputs["Volume"], dout.inputs["Volume"])
-        dom.data.materials.append(dmat)
+        dom.data.materials.append(smoke_material("DomainSmoke", (0.1, 0.4, 1.0, 1.0)))
         save(blend)
         return
     # The Volume object reads the VDB sequence; the domain itself is hidden from the render.
@@ -703,16 +708,7 @@ def build_volume(proj, blend, domain_renders=False):
     vol.is_sequence = True
     vol.frame_start = 1
     vol.frame_duration = len(vdbs)
-    vmat = bpy.data.materials.new("SmokeMat")
-    vmat.use_nodes = True
-    nt = vmat.node_tree
-    nt.nodes.clear()
-    out = nt.nodes.new("ShaderNodeOutputMaterial")
-    pv = nt.nodes.new("ShaderNodeVolumePrincipled")
-    pv.inputs["Density"].default_value = 20.0
-    pv.inputs["Color"].default_value = (1.0, 0.3, 0.1, 1.0)
-    nt.links.new(pv.outputs["Volume"], out.inputs["Volume"])
-    vol.materials.append(vmat)
+    vol.materials.append(smoke_material("SmokeMat", (1.0, 0.3, 0.1, 1.0)))
     vob = add_object(scene, "SmokeVolume", vol, (0, 0, 0))
     # The grids carry the domain's own transform: centre the smoke under the camera.
     bb = vob.evaluated_get(bpy.context.evaluated_depsgraph_get()).bound_box
