@@ -2,13 +2,16 @@
 //! it once with the release binary, runs it and turns its result rows into the table in docs/BENCHMARKS.md.
 //!
 //! ```text
-//! farm [overhead|scaling|dispatch|blob|memory|project]... [--quick] [--bin PATH] [--tmp DIR]
+//! farm [overhead|scaling|dispatch|blob|memory|project|stalls]... [--quick] [--bin PATH] [--tmp DIR]
+//!      [--volunteers N] [--frames N] [--frame-ms N] [--peers N]
 //! ```
 //!
-//! No name runs all six. Results go to stdout as tab-separated lines, `ROW` (benchmark, measured, baseline, ratio,
-//! goal, met?), `NOTE` (a sentence for the report) and `CPU` (seconds of CPU used by processes the benchmark started
-//! but nobody waited for, which the script adds to the benchmark's own); progress goes to stderr. Every figure with a baseline measures
-//! that baseline in the same invocation. Every load is bounded in count and time, runs over loopback only, and
+//! No name runs all seven. The size options replace a benchmark's default sizes where it takes them (scaling:
+//! volunteers, frames, frame-ms; memory: peers, frames; stalls: volunteers, frame-ms). Results go to stdout as
+//! tab-separated lines, `ROW` (benchmark, measured, baseline, ratio, goal, met?), `NOTE` (a sentence for the report)
+//! and `CPU` (seconds of CPU used by processes the benchmark started but nobody waited for, which the script adds to
+//! the benchmark's own); progress goes to stderr. Every figure with a baseline measures that baseline in the same
+//! invocation. Every load is bounded in count and time, runs over loopback only, and
 //! stops by itself; a benchmark that cannot finish fails with a message instead of hanging.
 //!
 //! Layout: `common` holds the shared helpers (options, temp folders, result rows, an in-process farm), `procs` the
@@ -31,18 +34,24 @@ mod procs;
 mod project;
 #[path = "farm/scaling.rs"]
 mod scaling;
+#[path = "farm/stalls.rs"]
+mod stalls;
 
 use std::process::ExitCode;
 
 use common::Opts;
 
-const ALL: [&str; 6] = ["overhead", "scaling", "dispatch", "blob", "memory", "project"];
+const ALL: [&str; 7] = ["overhead", "scaling", "dispatch", "blob", "memory", "project", "stalls"];
 
 fn main() -> ExitCode {
     let opts = match Opts::parse(std::env::args().skip(1)) {
         Ok(opts) => opts,
         Err(e) => {
-            eprintln!("farm: {e}\nusage: farm [{}]... [--quick] [--bin PATH] [--tmp DIR]", ALL.join("|"));
+            eprintln!(
+                "farm: {e}\nusage: farm [{}]... [--quick] [--bin PATH] [--tmp DIR] [--volunteers N] [--frames N] \
+                 [--frame-ms N] [--peers N]",
+                ALL.join("|")
+            );
             return ExitCode::from(2);
         }
     };
@@ -59,6 +68,7 @@ fn main() -> ExitCode {
             "blob" => common::block_on(blob::run(&opts)),
             "memory" => common::block_on(memory::run(&opts)),
             "project" => project::run(&opts),
+            "stalls" => common::block_on(stalls::run(&opts)),
             other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: {}", ALL.join(", "))),
         };
         // CPU seconds of processes this benchmark stopped without anyone waiting for them (see procs::Proc).

@@ -29,6 +29,12 @@ pub struct Opts {
     pub bin: PathBuf,
     /// Where temp folders go (each benchmark's folder is removed when it ends).
     pub tmp: PathBuf,
+    /// Sizes a benchmark may take instead of its defaults (`--volunteers`, `--frames`, `--frame-ms`, `--peers`);
+    /// each benchmark says which it reads.
+    pub volunteers: Option<usize>,
+    pub frames: Option<u32>,
+    pub frame_ms: Option<u64>,
+    pub peers: Option<usize>,
 }
 
 impl Opts {
@@ -39,6 +45,10 @@ impl Opts {
             quick: false,
             bin: root.join("target/release/blenderdist"),
             tmp: root.join("target/bench-tmp"),
+            volunteers: None,
+            frames: None,
+            frame_ms: None,
+            peers: None,
         };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
@@ -48,6 +58,10 @@ impl Opts {
                 "--bench" => {}
                 "--bin" => opts.bin = args.next().context("--bin needs a path")?.into(),
                 "--tmp" => opts.tmp = args.next().context("--tmp needs a folder")?.into(),
+                "--volunteers" => opts.volunteers = Some(count(args.next(), "--volunteers")?),
+                "--frames" => opts.frames = Some(count(args.next(), "--frames")?),
+                "--frame-ms" => opts.frame_ms = Some(count(args.next(), "--frame-ms")?),
+                "--peers" => opts.peers = Some(count(args.next(), "--peers")?),
                 flag if flag.starts_with('-') => bail!("unknown option {flag}"),
                 name => opts.names.push(name.to_string()),
             }
@@ -72,6 +86,15 @@ impl Opts {
             bail!("{} is missing; build it with `cargo build --release`", self.bin.display());
         }
         Ok(())
+    }
+}
+
+/// The positive number following a size option.
+fn count<T: std::str::FromStr + PartialOrd + Default>(value: Option<String>, flag: &str) -> anyhow::Result<T> {
+    let value = value.with_context(|| format!("{flag} needs a number"))?;
+    match value.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => bail!("{flag} needs a positive whole number, not {value:?}"),
     }
 }
 
@@ -257,6 +280,72 @@ impl Farm {
 impl Drop for Farm {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// A background writer that keeps the disk under `dir` busy the way another program would: a thread writes 4 MiB
+/// chunks of incompressible bytes to a file there and fsyncs after each, cycling over the file's first 64 MiB, until
+/// it is dropped or `limit` has passed (a bound against a benchmark that forgets it).
+pub struct DiskBusy {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl DiskBusy {
+    const CHUNK: usize = 4 << 20;
+    const CHUNKS: u64 = 16;
+
+    pub fn start(dir: &Path, limit: Duration) -> anyhow::Result<Self> {
+        use std::{
+            io::Write as _,
+            sync::atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let path = dir.join("disk-busy.bin");
+        let mut file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let (stop, written) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicU64::new(0)));
+        let (thread_stop, thread_written) = (stop.clone(), written.clone());
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let mut chunk = vec![0u8; Self::CHUNK];
+            let mut seed = 0x5eed_u64;
+            fill_pseudo_random(&mut chunk, &mut seed);
+            let mut i = 0u64;
+            while !thread_stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                fill_pseudo_random(&mut chunk[..4096], &mut seed);
+                let at = (i % Self::CHUNKS) * Self::CHUNK as u64;
+                let ok = file.seek(SeekFrom::Start(at)).is_ok() && file.write_all(&chunk).is_ok();
+                if !ok || file.sync_all().is_err() {
+                    break;
+                }
+                thread_written.fetch_add(Self::CHUNK as u64, Ordering::Relaxed);
+                i += 1;
+            }
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+        });
+        Ok(Self { stop, written, thread: Some(thread), started })
+    }
+
+    /// Stops the writer; returns what it wrote in MiB/s, for the notes.
+    pub fn finish(mut self) -> f64 {
+        self.stop_thread();
+        let bytes = self.written.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        bytes / 1_048_576.0 / self.started.elapsed().as_secs_f64()
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DiskBusy {
+    fn drop(&mut self) {
+        self.stop_thread();
     }
 }
 

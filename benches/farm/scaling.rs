@@ -1,14 +1,17 @@
-//! Scaling: an in-process host and 50 fake volunteers (one render slot each, 100 ms per frame) render one job of
-//! 2,000 frames (500 with --quick). The volunteers connect first; the clock starts when the job file is renamed into
-//! JOBDIR and stops when the host's job log says `finished:`, that is after the last frame file is in place.
-//! Efficiency = ideal makespan (frames × 0.1 s ÷ volunteers) ÷ measured makespan; goal ≥ 0.95.
+//! Scaling: an in-process host and fake volunteers (one render slot each) render one job; by default 50 volunteers,
+//! 100 ms per frame, 2,000 frames (500 with --quick); `--volunteers N --frames N --frame-ms N` pick other sizes. The
+//! volunteers connect first; the clock starts when the job file is renamed into JOBDIR and stops when the host's job
+//! log says `finished:`, that is after the last frame file is in place. Efficiency = ideal makespan (frames × frame
+//! time ÷ volunteers) ÷ measured makespan; goal ≥ 0.95.
 //!
 //! The host's folders (JOBDIR, RENDERDIR, state) are under --tmp, on disk, where its fsyncs cost what they cost an
 //! owner. The volunteers' caches go to tmpfs (/dev/shm) when there is one: on a real farm each volunteer writes to its
 //! own disk, and 50 of them creating and deleting files on the host's file system would slow the host's fsyncs (an
 //! ext4 fsync commits the whole journal). Three runs (one with --quick), each with a fresh farm; the median counts.
-//! The notes add what one stored frame costs the host's disk, and one more run with the host's folders on tmpfs too,
-//! to show how much of the gap is the host waiting for its disk.
+//! Then as many runs with the disk busy: a thread of this benchmark ([`common::DiskBusy`]) writes and fsyncs 4 MiB
+//! chunks to a file in the host's temp folder in a loop from before the volunteers connect until the job finishes;
+//! their median is a second row. The notes add what one stored frame costs the host's disk, and one more run with
+//! the host's folders on tmpfs too, to show how much of the gap is the host waiting for its disk.
 
 use std::{
     path::Path,
@@ -22,53 +25,95 @@ use blenderdist::{
     store::state::{JobRecord, StateStore},
 };
 
-use crate::common::{self, note, row, secs, Farm, LogTail, Opts, Stamped};
+use crate::common::{self, note, row, secs, DiskBusy, Farm, LogTail, Opts, Stamped};
 
 const VOLUNTEERS: usize = 50;
-const FRAME_TIME: Duration = Duration::from_millis(100);
+const FRAME_MS: u64 = 100;
 const GOAL: f64 = 0.95;
 
-pub async fn run(opts: &Opts) -> anyhow::Result<()> {
-    let frames: u32 = if opts.quick { 500 } else { 2000 };
-    let runs = if opts.quick { 1 } else { 3 };
-    let ideal = FRAME_TIME * frames / VOLUNTEERS as u32;
-    let mut makespans = Vec::new();
-    let shm = Path::new("/dev/shm").is_dir().then(|| Path::new("/dev/shm"));
-    for run in 1..=runs {
-        let dir = opts.temp_dir("scaling")?;
-        let caches = volunteer_dir(shm, dir.path())?;
-        let makespan = measure(dir.path(), caches.path(), frames).await?;
-        eprintln!("   run {run}: makespan {}, efficiency {:.3}", secs(makespan), efficiency(ideal, makespan));
-        makespans.push(makespan);
+/// One farm's sizes.
+#[derive(Clone, Copy)]
+struct Sizes {
+    volunteers: usize,
+    frames: u32,
+    frame_time: Duration,
+}
+
+impl Sizes {
+    fn ideal(&self) -> Duration {
+        self.frame_time * self.frames / self.volunteers as u32
     }
-    let mut sorted = makespans.clone();
-    sorted.sort();
-    let median = sorted[sorted.len() / 2];
-    row(
-        &format!("Scaling: efficiency, {VOLUNTEERS} volunteers × {frames} frames of 100 ms"),
-        &format!("makespan {}", secs(median)),
-        &format!("ideal {}", secs(ideal)),
-        &format!("{:.3}", efficiency(ideal, median)),
-        &format!("≥ {GOAL}"),
-        common::yes_no(efficiency(ideal, median) >= GOAL),
-    );
-    if runs > 1 {
+}
+
+pub async fn run(opts: &Opts) -> anyhow::Result<()> {
+    let sizes = Sizes {
+        volunteers: opts.volunteers.unwrap_or(VOLUNTEERS),
+        frames: opts.frames.unwrap_or(if opts.quick { 500 } else { 2000 }),
+        frame_time: Duration::from_millis(opts.frame_ms.unwrap_or(FRAME_MS)),
+    };
+    let Sizes { volunteers, frames, frame_time } = sizes;
+    let runs = if opts.quick { 1 } else { 3 };
+    let ideal = sizes.ideal();
+    let shm = Path::new("/dev/shm").is_dir().then(|| Path::new("/dev/shm"));
+    let what = format!("{volunteers} volunteers × {frames} frames of {} ms", frame_time.as_millis());
+    for busy in [false, true] {
+        let mut makespans = Vec::new();
+        let mut rates = Vec::new();
+        for run in 1..=runs {
+            let dir = opts.temp_dir("scaling")?;
+            let caches = volunteer_dir(shm, dir.path())?;
+            // Bounded: stopped when the run ends, and by itself after the run's own time limit.
+            let writer = if busy { Some(DiskBusy::start(dir.path(), limit(sizes) * 2)?) } else { None };
+            let label = if busy { "disk busy" } else { "quiet" };
+            let makespan = measure(dir.path(), caches.path(), sizes, label).await?;
+            let rate = writer.map(DiskBusy::finish);
+            eprintln!(
+                "   {label} run {run}: makespan {}, efficiency {:.3}{}",
+                secs(makespan),
+                efficiency(ideal, makespan),
+                rate.map(|r| format!(", background writer {r:.0} MiB/s")).unwrap_or_default()
+            );
+            makespans.push(makespan);
+            rates.extend(rate);
+        }
+        let mut sorted = makespans.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        row(
+            &format!("Scaling: efficiency, {what}{}", if busy { ", disk busy" } else { "" }),
+            &format!("makespan {}", secs(median)),
+            &format!("ideal {}", secs(ideal)),
+            &format!("{:.3}", efficiency(ideal, median)),
+            &format!("≥ {GOAL}"),
+            common::yes_no(efficiency(ideal, median) >= GOAL),
+        );
         let all: Vec<String> = makespans.iter().map(|m| format!("{:.3}", efficiency(ideal, *m))).collect();
-        note(&format!("Scaling: efficiency of each run, the median counting: {}.", all.join(", ")));
+        if busy {
+            let rates: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+            note(&format!(
+                "Scaling with the disk busy: a thread of the benchmark wrote and fsynced 4 MiB chunks to a file in \
+                 the host's temp folder throughout each run, at {} MiB/s; efficiency of each run{}: {}.",
+                rates.join(", "),
+                if runs > 1 { ", the median counting" } else { "" },
+                all.join(", ")
+            ));
+        } else if runs > 1 {
+            note(&format!("Scaling: efficiency of each quiet run, the median counting: {}.", all.join(", ")));
+        }
     }
     let probe = opts.temp_dir("fsync-probe")?;
     let (files, commit) = store_cost(probe.path().to_path_buf()).await?;
     note(&format!(
         "Scaling: what storing one frame costs the host on this disk (200 tries, mean and slowest): writing a small \
          file, fsyncing it, renaming it into a folder and fsyncing the folder {}; one `StateStore::mark_done` commit \
-         {}. {VOLUNTEERS} volunteers deliver a frame every {:.1} ms in the ideal case.",
+         {}. {volunteers} volunteers deliver a frame every {:.2} ms in the ideal case.",
         files,
         commit,
-        FRAME_TIME.as_secs_f64() * 1000.0 / VOLUNTEERS as f64,
+        frame_time.as_secs_f64() * 1000.0 / volunteers as f64,
     ));
     if let Some(shm) = shm {
         let dir = tempfile::Builder::new().prefix("blenderdist-bench-scaling-").tempdir_in(shm)?;
-        let makespan = measure(dir.path(), dir.path(), frames).await?;
+        let makespan = measure(dir.path(), dir.path(), sizes, "tmpfs").await?;
         note(&format!(
             "Scaling with the host's folders on tmpfs too (no disk waits), same run: makespan {}, efficiency {:.3}.",
             secs(makespan),
@@ -76,6 +121,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// How long one run may take before it counts as hung: ten times the ideal makespan, at least a minute.
+fn limit(sizes: Sizes) -> Duration {
+    (sizes.ideal() * 10).max(Duration::from_secs(60))
 }
 
 /// Mean and slowest times, in `dir`, of what the host does to store each frame: the file operations (write, fsync,
@@ -128,34 +178,59 @@ fn volunteer_dir(shm: Option<&Path>, beside: &Path) -> anyhow::Result<tempfile::
 
 /// One farm with the host under `root` and the volunteers' caches under `caches`, one job; returns its makespan and
 /// notes where the time went.
-async fn measure(root: &Path, caches: &Path, frames: u32) -> anyhow::Result<Duration> {
+async fn measure(root: &Path, caches: &Path, sizes: Sizes, label: &str) -> anyhow::Result<Duration> {
+    let Sizes { volunteers, frames, frame_time } = sizes;
     let mut farm = Farm::start_host(root, caches).await?;
     common::write_fake_blend(&farm.jobdir.join("scene.blend"), 64 * 1024, 1)?;
-    let renderers: Vec<Arc<Stamped>> = (0..VOLUNTEERS).map(|_| Arc::new(Stamped::fake(FRAME_TIME))).collect();
+    let renderers: Vec<Arc<Stamped>> = (0..volunteers).map(|_| Arc::new(Stamped::fake(frame_time))).collect();
+    let t_connect = Instant::now();
     for r in &renderers {
         farm.add_volunteer(r.clone())?;
     }
     farm.wait_connected(Duration::from_secs(2)).await?;
+    let connect = t_connect.elapsed();
 
-    let limit = (FRAME_TIME * frames / VOLUNTEERS as u32 * 10).max(Duration::from_secs(60));
     let mut log = LogTail::new(farm.jobdir.join("scale.log"));
     common::write_job(&farm.jobdir, "scale", "scene.blend", 1, frames)?;
-    let t0 = Instant::now();
-    common::wait_for("the job to finish", limit, Duration::from_millis(2), || log.saw_line_starting("finished:"))
-        .await?;
+    let (t0, cpu0) = (Instant::now(), own_cpu_secs());
+    common::wait_for("the job to finish", limit(sizes), Duration::from_millis(2), || {
+        log.saw_line_starting("finished:")
+    })
+    .await?;
     let makespan = t0.elapsed();
+    let cpu = own_cpu_secs() - cpu0;
     ensure!(
         farm.frames_in("scale") == frames as usize,
         "the job finished with {} frame files",
         farm.frames_in("scale")
     );
-    describe(&renderers, t0, makespan, frames, root);
+    describe(&renderers, t0, makespan, sizes, label, (connect, cpu));
     Ok(makespan)
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
+
+/// CPU seconds this process (host, volunteers and all) has used, from /proc/self/stat.
+fn own_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, f)| f.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    ticks as f64 / crate::procs::clock_ticks_per_second()
+}
+
 /// Where the time went: start-up before the first render, the spread of frames per volunteer, and the time from
-/// one render's start to the next on the same volunteer (100 ms of rendering plus what each frame's round adds).
-fn describe(renderers: &[Arc<Stamped>], t0: Instant, makespan: Duration, frames: u32, root: &Path) {
+/// one render's start to the next on the same volunteer (the frame time plus what each frame's round adds).
+fn describe(
+    renderers: &[Arc<Stamped>],
+    t0: Instant,
+    makespan: Duration,
+    sizes: Sizes,
+    label: &str,
+    (connect, cpu): (Duration, f64),
+) {
+    let Sizes { volunteers, frames, frame_time } = sizes;
     let starts: Vec<Vec<Instant>> = renderers.iter().map(|r| r.starts()).collect();
     let all: Vec<Instant> = starts.iter().flatten().copied().collect();
     let (Some(first), Some(last)) = (all.iter().min(), all.iter().max()) else { return };
@@ -165,23 +240,28 @@ fn describe(renderers: &[Arc<Stamped>], t0: Instant, makespan: Duration, frames:
         starts.iter().flat_map(|s| s.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)).collect();
     let mean_gap = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
     let firsts: Vec<Instant> = starts.iter().filter_map(|s| s.first().copied()).collect();
-    // With every volunteer busy a render starts somewhere every ~2 ms; a long pause means the farm stalled (for
-    // instance the host's loop waiting on the disk while volunteers wait for their uploads to be stored).
+    // With every volunteer busy a render starts somewhere every frame time ÷ volunteers; a long pause means the farm
+    // stalled (for instance the host's loop waiting on the disk while volunteers wait for their uploads to be stored).
     let mut sorted = all.clone();
     sorted.sort();
     let pause = sorted.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
     let latest_first = firsts.iter().max().copied().unwrap_or(*first);
     note(&format!(
-        "Scaling run with the host in {}: volunteers began their first render {}–{} after the job file; the last render started \
-         at {}, makespan {}; {} renders for {frames} frames; {min}–{max} frames per volunteer; {mean_gap:.1} ms on \
-         average from one render's start to the next on a volunteer (rendering takes 100 ms); longest time with no \
-         render starting anywhere {:.0} ms.",
-        root.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        "Scaling run ({label}, {volunteers} volunteers, {} ms frames): {} volunteers connected in {}; they began their \
+         first render {}–{} after the job file; the last render started at {}, makespan {}; {} renders for {frames} \
+         frames; {min}–{max} frames per volunteer; {mean_gap:.1} ms on average from one render's start to the next on \
+         a volunteer; longest time with no render starting anywhere {:.0} ms; this process (host and volunteers) used {cpu:.1} \
+         CPU seconds during the makespan, {:.0}% of the machine's {} cores.",
+        frame_time.as_millis(),
+        renderers.len(),
+        secs(connect),
         secs(*first - t0),
         secs(latest_first - t0),
         secs(*last - t0),
         secs(makespan),
         all.len(),
         pause.as_secs_f64() * 1000.0,
+        100.0 * cpu / makespan.as_secs_f64() / cores() as f64,
+        cores(),
     ));
 }

@@ -1,0 +1,305 @@
+//! Stalls: the longest time the host's event loop goes without answering, seen from outside, while it hashes a big
+//! .blend and stores frames. The release binary runs `host` on 127.0.0.1 with its folders under --tmp, on disk. Fake
+//! volunteers in this process (20, one slot each, 100 ms frames; `--volunteers N --frame-ms N` pick others, their
+//! caches on tmpfs when there is one) render and upload frames of a job of 100,000 frames the whole time. A bare
+//! libp2p peer from `blenderdist::net::spawn`, on a thread and runtime of its own, sends every 5 ms, without waiting
+//! for earlier answers, a `WorkRequest::Renew` for a frame it does not hold (answered `Discard`, which touches only
+//! the scheduler), and records each round trip. Baseline: 3 s (2 s with --quick) of that with the volunteers storing
+//! frames. Then a 4 GiB sparse .blend and its job file are written, with `NAME.job.suspend` beside it so that nobody
+//! fetches it, and the probe goes on until the job log says `accepted:` (the host has hashed the file) and 1 s more.
+//! The figure is the longest round trip of a request sent in that phase: the loop answered nothing for about that
+//! long (a round trip also holds both network tasks and this process's scheduling, so it is an upper bound).
+//! Goal ≤ 50 ms. The notes add the longest gap between answers, the 99th percentile and the frames stored per second.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use blenderdist::{
+    net::{self, NetConfig},
+    protocol::{BlobHash, WorkRequest, WorkResponse},
+    worker::{self, WorkerConfig},
+};
+use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    common::{self, note, row, LogTail, Opts, Stamped},
+    procs::{self, Proc},
+};
+
+const VOLUNTEERS: usize = 20;
+const FRAME_MS: u64 = 100;
+const BIG_BLEND: u64 = 4 << 30;
+const EVERY: Duration = Duration::from_millis(5);
+const GOAL: Duration = Duration::from_millis(50);
+
+pub async fn run(opts: &Opts) -> anyhow::Result<()> {
+    opts.require_bin()?;
+    let volunteers = opts.volunteers.unwrap_or(VOLUNTEERS);
+    let frame_time = Duration::from_millis(opts.frame_ms.unwrap_or(FRAME_MS));
+    let baseline_for = Duration::from_secs(if opts.quick { 2 } else { 3 });
+    let dir = opts.temp_dir("stalls")?;
+    let (jobdir, renderdir) = (dir.path().join("jobs"), dir.path().join("renders"));
+    std::fs::create_dir_all(&jobdir)?;
+    common::write_fake_blend(&jobdir.join("work.blend"), 64 * 1024, 11)?;
+
+    let mut command = std::process::Command::new(&opts.bin);
+    command.arg("host").arg(&jobdir).arg(&renderdir).args(["--listen", "127.0.0.1:0", "--no-mdns"]);
+    command.stdout(std::process::Stdio::piped()).stderr(std::fs::File::create(dir.path().join("host.log"))?);
+    let mut host = Proc::spawn(command)?;
+    let addr = procs::join_address(&mut host, &dir.path().join("host.out"))?;
+    let host_peer = addr
+        .iter()
+        .find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None })
+        .context("the join address has no /p2p/ID")?;
+    let port = common::tcp_port(&addr).context("the join address has no TCP port")?;
+
+    // The volunteers, and their job, which outlasts the benchmark (100,000 frames); they stop with `stop`.
+    let shm = std::path::Path::new("/dev/shm");
+    let caches = tempfile::Builder::new().prefix("blenderdist-bench-stalls-").tempdir_in(if shm.is_dir() {
+        shm
+    } else {
+        dir.path()
+    })?;
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    let renderers: Vec<Arc<Stamped>> = (0..volunteers).map(|_| Arc::new(Stamped::fake(frame_time))).collect();
+    for (i, renderer) in renderers.iter().enumerate() {
+        let config = WorkerConfig {
+            cache_dir: caches.path().join(format!("cache-{i}")),
+            bootstrap: vec![addr.clone()],
+            mdns: false,
+            renderers: 1,
+            updater: None,
+            caps: None,
+        };
+        worker::start(config, renderer.clone(), stop.clone().cancelled_owned())?;
+    }
+    common::wait_for(
+        &format!("{volunteers} volunteers to connect"),
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || common::established_on(port) >= volunteers,
+    )
+    .await?;
+    let mut work_log = LogTail::new(jobdir.join("work.log"));
+    common::write_job(&jobdir, "work", "work.blend", 1, 100_000)?;
+    common::wait_for("the work job to start", Duration::from_secs(30), Duration::from_millis(10), || {
+        work_log.saw_line_starting("started:")
+    })
+    .await?;
+    let frames_in = || std::fs::read_dir(renderdir.join("work")).map(|d| d.count()).unwrap_or(0);
+    common::wait_for("the first frames to be stored", Duration::from_secs(30), Duration::from_millis(10), || {
+        frames_in() > volunteers
+    })
+    .await?;
+
+    // Baseline: the volunteers storing frames, nothing being hashed.
+    let probe = Probe::start(addr.clone(), host_peer, Duration::from_secs(150))?;
+    let t_base = Instant::now();
+    let frames_base = frames_in();
+    tokio::time::sleep(baseline_for).await;
+    let (t_big, frames_big) = (Instant::now(), frames_in());
+
+    // The big .blend: suspended before its job file appears, so no volunteer fetches it.
+    let mut big_log = LogTail::new(jobdir.join("big.log"));
+    std::fs::write(jobdir.join("big.job.suspend"), b"")?;
+    std::fs::File::create(jobdir.join("big.blend"))?.set_len(BIG_BLEND)?;
+    common::write_job(&jobdir, "big", "big.blend", 1, 10)?;
+    let t_written = Instant::now();
+    common::wait_for("the 4 GiB job to be accepted", Duration::from_secs(90), Duration::from_millis(5), || {
+        big_log.saw_line_starting("accepted:")
+    })
+    .await?;
+    let hashed = t_written.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (t_end, frames_end) = (Instant::now(), frames_in());
+    let samples = probe.finish()?;
+    if matches!(host.child.try_wait(), Ok(Some(_))) {
+        bail!("the host exited during the benchmark; see its log");
+    }
+    stop.cancel();
+    host.stop();
+
+    let base = Phase::of(&samples, t_base, t_big);
+    let big = Phase::of(&samples, t_big, t_end);
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    row(
+        "Stalls: longest round trip to the host's loop, 4 GiB .blend hashed while frames are stored",
+        &ms(big.max),
+        &format!("{} (frames stored only)", ms(base.max)),
+        &format!("{:.2}", big.max.as_secs_f64() / base.max.as_secs_f64().max(1e-6)),
+        &format!("≤ {}", ms(GOAL)),
+        common::yes_no(big.max <= GOAL),
+    );
+    let rate = |frames: usize, from: Instant, to: Instant| frames as f64 / (to - from).as_secs_f64();
+    note(&format!(
+        "Stalls: {volunteers} fake volunteers with {} ms frames; a `Renew` every 5 ms. Frames stored only ({:.1} s): \
+         {} requests, 99th percentile {}, longest {}, longest gap between answers {} (between requests {}), {:.0} \
+         frames stored/s. While the 4 GiB sparse .blend was hashed (accepted {} after its job file) and 1 s after \
+         ({:.1} s): {} requests, 99th percentile {}, longest {}, longest gap between answers {} (between requests {}), \
+         {:.0} frames stored/s.{}",
+        frame_time.as_millis(),
+        (t_big - t_base).as_secs_f64(),
+        base.count,
+        ms(base.p99),
+        ms(base.max),
+        ms(base.gap),
+        ms(base.send_gap),
+        rate(frames_big - frames_base, t_base, t_big),
+        common::secs(hashed),
+        (t_end - t_big).as_secs_f64(),
+        big.count,
+        ms(big.p99),
+        ms(big.max),
+        ms(big.gap),
+        ms(big.send_gap),
+        rate(frames_end - frames_big, t_big, t_end),
+        if base.failed + big.failed > 0 {
+            format!(" {} requests failed (counted at their time of failure).", base.failed + big.failed)
+        } else {
+            String::new()
+        },
+    ));
+    drop(caches);
+    Ok(())
+}
+
+/// One request of the probe: when it was sent, how long until its answer (or its failure), and whether it failed.
+#[derive(Clone, Copy)]
+struct Sample {
+    sent: Instant,
+    rtt: Duration,
+    failed: bool,
+}
+
+/// Round trips of the requests sent within a phase.
+struct Phase {
+    count: usize,
+    failed: usize,
+    max: Duration,
+    p99: Duration,
+    /// The longest time between two answers (sorted by arrival).
+    gap: Duration,
+    /// The longest time between two requests: above 5 ms, the probe itself was held up (this process or the CPUs).
+    send_gap: Duration,
+}
+
+impl Phase {
+    fn of(samples: &[Sample], from: Instant, to: Instant) -> Self {
+        let within: Vec<&Sample> = samples.iter().filter(|s| s.sent >= from && s.sent < to).collect();
+        let mut rtts: Vec<Duration> = within.iter().map(|s| s.rtt).collect();
+        rtts.sort();
+        let p99 = rtts.get((rtts.len() * 99 / 100).min(rtts.len().saturating_sub(1))).copied().unwrap_or_default();
+        let mut answers: Vec<Instant> = within.iter().map(|s| s.sent + s.rtt).collect();
+        answers.sort();
+        let gap = answers.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+        let mut sends: Vec<Instant> = within.iter().map(|s| s.sent).collect();
+        sends.sort();
+        let send_gap = sends.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+        Phase {
+            count: within.len(),
+            failed: within.iter().filter(|s| s.failed).count(),
+            max: rtts.last().copied().unwrap_or_default(),
+            p99,
+            gap,
+            send_gap,
+        }
+    }
+}
+
+/// The bare peer that sends the requests, on a thread with a runtime of its own so that the volunteers' tasks in
+/// this process do not delay its sending.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<Vec<Sample>>>,
+}
+
+impl Probe {
+    /// Starts the peer and returns once it is connected to the host and sending; it stops by itself after `limit`.
+    fn start(addr: Multiaddr, host: PeerId, limit: Duration) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread_stop = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let result = rt.block_on(probe(addr, host, limit, thread_stop, ready_tx));
+            rt.shutdown_timeout(Duration::from_secs(2));
+            result
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => Ok(Self { stop, thread }),
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                match thread.join() {
+                    Ok(Err(e)) => Err(e.context("the probe peer did not start")),
+                    _ => bail!("the probe peer did not connect to the host within 30 s"),
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<Vec<Sample>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+    }
+}
+
+async fn probe(
+    addr: Multiaddr,
+    host: PeerId,
+    limit: Duration,
+    stop: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<()>,
+) -> anyhow::Result<Vec<Sample>> {
+    let (client, mut events) = net::spawn(NetConfig {
+        keypair: Keypair::generate_ed25519(),
+        is_host: false,
+        listen: vec![],
+        bootstrap: vec![addr],
+        mdns: false,
+    })?;
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let start = Instant::now();
+    while !client.connected_peers().await?.contains(&host) {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the probe peer did not connect to the host within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One answered request first: the work protocol's first stream is not part of the figure.
+    let renew = WorkRequest::Renew { job: "no-such-job".into(), frame: 1, blend: BlobHash([0; 32]) };
+    match client.request(host, renew.clone()).await? {
+        WorkResponse::Discard => {}
+        other => bail!("a renewal of a frame nobody holds was answered {other:?}"),
+    }
+    let _ = ready.send(());
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
+        tick.tick().await;
+        let (client, renew, samples) = (client.clone(), renew.clone(), samples.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let answer = client.request(host, renew).await;
+            let failed = !matches!(answer, Ok(WorkResponse::Discard));
+            if let Ok(mut samples) = samples.lock() {
+                samples.push(Sample { sent, rtt: sent.elapsed(), failed });
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    // Requests still out get until the work protocol's own 30 s timeout.
+    let _ = tokio::time::timeout(Duration::from_secs(35), async { while tasks.join_next().await.is_some() {} }).await;
+    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(samples)
+}
