@@ -98,7 +98,6 @@ impl Host {
         if !self.frames.waiting.is_empty() {
             self.store_waiting(stored);
         }
-        self.offer_now = true;
     }
 
     fn frame_done(&mut self, peer: PeerId, upload: &ExpectedUpload, target: &Path) {

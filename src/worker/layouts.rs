@@ -67,6 +67,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Layouts {
     projects: PathBuf,
     users: Arc<Mutex<HashMap<PathBuf, usize>>>,
+    /// Where each version seen was laid out, with its manifest, so the next frame of a job does not read and decode
+    /// its manifest again. Checked against the folder's version file before use.
+    known: Mutex<HashMap<BlobHash, (PathBuf, Arc<JobManifest>)>>,
 }
 
 /// Files Blender reads as image data-blocks, which the driver reloads when they change.
@@ -93,7 +96,7 @@ pub(super) fn write_version(dir: &Path, version: &BlobHash) -> anyhow::Result<()
 
 impl Layouts {
     pub fn new(cache: &Path) -> Self {
-        Self { projects: cache.join("projects"), users: Arc::default() }
+        Self { projects: cache.join("projects"), users: Arc::default(), known: Mutex::default() }
     }
 
     fn take(&self, dir: &Path, manifest: &JobManifest) -> Layout {
@@ -104,13 +107,27 @@ impl Layouts {
 
     /// The layout of `version` if some folder holds it, taken into use. Cheap: no lock but the users map.
     pub fn existing(&self, version: &BlobHash, blobs: &BlobStore) -> Option<Layout> {
+        let known = lock(&self.known).get(version).cloned();
+        if let Some((dir, manifest)) = known {
+            if version_of(&dir) == Some(*version) {
+                return Some(self.take(&dir, &manifest));
+            }
+        }
         if !blobs.contains(version) {
             return None;
         }
-        let manifest = read_manifest(&blobs.path(version)).ok()?;
+        let manifest = Arc::new(read_manifest(&blobs.path(version)).ok()?);
         let candidates = [self.projects.join(scene_key(&manifest).to_hex()), self.projects.join(version.to_hex())];
         let dir = candidates.into_iter().find(|dir| version_of(dir) == Some(*version))?;
+        self.remember(version, &dir, manifest.clone());
         Some(self.take(&dir, &manifest))
+    }
+
+    /// Remembers where `version` is laid out; versions whose folder holds another one by now are forgotten.
+    fn remember(&self, version: &BlobHash, dir: &Path, manifest: Arc<JobManifest>) {
+        let mut known = lock(&self.known);
+        known.retain(|v, (d, _)| version_of(d) == Some(*v));
+        known.insert(*version, (dir.to_path_buf(), manifest));
     }
 
     /// Lays `version` out (all its blobs are in `blobs`) and takes it into use. Blocking: run it on a blocking thread,
@@ -154,6 +171,7 @@ impl Layouts {
         };
         let busy: Vec<PathBuf> = lock(&self.users).keys().cloned().collect();
         prune(&self.projects, &busy);
+        self.remember(version, &dir, Arc::new(manifest.clone()));
         Ok(Layout { _in_use: Some(in_use), ..layout_of(&dir, manifest) })
     }
 }
