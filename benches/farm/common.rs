@@ -213,11 +213,17 @@ pub fn tcp_port(addr: &Multiaddr) -> Option<u16> {
     addr.iter().find_map(|p| if let Protocol::Tcp(port) = p { Some(port) } else { None })
 }
 
-/// An in-process farm: a host on 127.0.0.1 and volunteers with their own caches, all stopped by one token.
+/// A farm on 127.0.0.1: a host (in this process, or the release binary in a process of its own) and in-process
+/// volunteers with their own caches, all stopped by one token (the host process when the farm drops).
 pub struct Farm {
     pub jobdir: PathBuf,
     pub renderdir: PathBuf,
-    pub host: RunningHost,
+    /// The host's address, with `/p2p/ID`.
+    pub addr: Multiaddr,
+    /// The in-process host, when it runs here.
+    pub _host: Option<RunningHost>,
+    /// The host process, when it runs in one of its own.
+    pub host_proc: Option<crate::procs::Proc>,
     /// Where the volunteers' caches go.
     caches: PathBuf,
     volunteers: usize,
@@ -242,13 +248,31 @@ impl Farm {
             blender: None,
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
-        Ok(Self { jobdir, renderdir, host, caches: caches.to_path_buf(), volunteers: 0, stop })
+        let addr = host.addrs[0].clone();
+        let caches = caches.to_path_buf();
+        Ok(Self { jobdir, renderdir, addr, _host: Some(host), host_proc: None, caches, volunteers: 0, stop })
+    }
+
+    /// Like [`Farm::start_host`], with the host in a process of its own (`bin host`), as an owner runs it: its CPU
+    /// time is its own, apart from the volunteers'. Its output goes to `root/host.out` and `root/host.log`.
+    pub fn start_host_process(bin: &Path, root: &Path, caches: &Path) -> anyhow::Result<Self> {
+        let jobdir = root.join("jobs");
+        let renderdir = root.join("renders");
+        std::fs::create_dir_all(&jobdir)?;
+        let mut command = std::process::Command::new(bin);
+        command.arg("host").arg(&jobdir).arg(&renderdir).args(["--listen", "127.0.0.1:0", "--no-mdns"]);
+        command.stdout(std::process::Stdio::piped()).stderr(std::fs::File::create(root.join("host.log"))?);
+        let mut proc = crate::procs::Proc::spawn(command)?;
+        let addr = crate::procs::join_address(&mut proc, &root.join("host.out"))?;
+        let caches = caches.to_path_buf();
+        let stop = CancellationToken::new();
+        Ok(Self { jobdir, renderdir, addr, _host: None, host_proc: Some(proc), caches, volunteers: 0, stop })
     }
 
     pub fn add_volunteer(&mut self, renderer: impl Renderer) -> anyhow::Result<()> {
         let config = WorkerConfig {
             cache_dir: self.caches.join(format!("cache-{}", self.volunteers)),
-            bootstrap: vec![self.host.addrs[0].clone()],
+            bootstrap: vec![self.addr.clone()],
             mdns: false,
             renderers: 1,
             updater: None,
@@ -262,7 +286,7 @@ impl Farm {
     /// Waits until every volunteer holds a TCP connection to the host, then `settle` more for identify and the
     /// gossipsub subscription that carries offers.
     pub async fn wait_connected(&self, settle: Duration) -> anyhow::Result<()> {
-        let port = tcp_port(&self.host.addrs[0]).context("the host address has no TCP port")?;
+        let port = tcp_port(&self.addr).context("the host address has no TCP port")?;
         let n = self.volunteers;
         wait_for(&format!("{n} volunteers to connect"), Duration::from_secs(60), Duration::from_millis(20), || {
             established_on(port) >= n

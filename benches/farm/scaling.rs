@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::ensure;
+use anyhow::{ensure, Context as _};
 use blenderdist::{
     protocol::BlobHash,
     store::state::{JobRecord, StateStore},
@@ -46,6 +46,7 @@ impl Sizes {
 }
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
+    opts.require_bin()?;
     let sizes = Sizes {
         volunteers: opts.volunteers.unwrap_or(VOLUNTEERS),
         frames: opts.frames.unwrap_or(if opts.quick { 500 } else { 2000 }),
@@ -65,7 +66,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
             // Bounded: stopped when the run ends, and by itself after the run's own time limit.
             let writer = if busy { Some(DiskBusy::start(dir.path(), limit(sizes) * 2)?) } else { None };
             let label = if busy { "disk busy" } else { "quiet" };
-            let makespan = measure(dir.path(), caches.path(), sizes, label).await?;
+            let makespan = measure(&opts.bin, dir.path(), caches.path(), sizes, label).await?;
             let rate = writer.map(DiskBusy::finish);
             eprintln!(
                 "   {label} run {run}: makespan {}, efficiency {:.3}{}",
@@ -113,7 +114,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     ));
     if let Some(shm) = shm {
         let dir = tempfile::Builder::new().prefix("blenderdist-bench-scaling-").tempdir_in(shm)?;
-        let makespan = measure(dir.path(), dir.path(), sizes, "tmpfs").await?;
+        let makespan = measure(&opts.bin, dir.path(), dir.path(), sizes, "tmpfs").await?;
         note(&format!(
             "Scaling with the host's folders on tmpfs too (no disk waits), same run: makespan {}, efficiency {:.3}.",
             secs(makespan),
@@ -178,9 +179,10 @@ fn volunteer_dir(shm: Option<&Path>, beside: &Path) -> anyhow::Result<tempfile::
 
 /// One farm with the host under `root` and the volunteers' caches under `caches`, one job; returns its makespan and
 /// notes where the time went.
-async fn measure(root: &Path, caches: &Path, sizes: Sizes, label: &str) -> anyhow::Result<Duration> {
+async fn measure(bin: &Path, root: &Path, caches: &Path, sizes: Sizes, label: &str) -> anyhow::Result<Duration> {
     let Sizes { volunteers, frames, frame_time } = sizes;
-    let mut farm = Farm::start_host(root, caches).await?;
+    let mut farm = Farm::start_host_process(bin, root, caches)?;
+    let host_pid = farm.host_proc.as_ref().map(|p| p.pid()).context("no host process")?;
     common::write_fake_blend(&farm.jobdir.join("scene.blend"), 64 * 1024, 1)?;
     let renderers: Vec<Arc<Stamped>> = (0..volunteers).map(|_| Arc::new(Stamped::fake(frame_time))).collect();
     let t_connect = Instant::now();
@@ -192,19 +194,20 @@ async fn measure(root: &Path, caches: &Path, sizes: Sizes, label: &str) -> anyho
 
     let mut log = LogTail::new(farm.jobdir.join("scale.log"));
     common::write_job(&farm.jobdir, "scale", "scene.blend", 1, frames)?;
-    let (t0, cpu0) = (Instant::now(), own_cpu_secs());
+    let (t0, cpu0, host0) = (Instant::now(), own_cpu_secs(), cpu_secs_of(host_pid));
     common::wait_for("the job to finish", limit(sizes), Duration::from_millis(2), || {
         log.saw_line_starting("finished:")
     })
     .await?;
     let makespan = t0.elapsed();
     let cpu = own_cpu_secs() - cpu0;
+    let host_cpu = cpu_secs_of(host_pid) - host0;
     ensure!(
         farm.frames_in("scale") == frames as usize,
         "the job finished with {} frame files",
         farm.frames_in("scale")
     );
-    describe(&renderers, t0, makespan, sizes, label, (connect, cpu));
+    describe(&renderers, t0, makespan, sizes, label, (connect, cpu, host_cpu));
     Ok(makespan)
 }
 
@@ -212,9 +215,18 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(usize::from).unwrap_or(1)
 }
 
-/// CPU seconds this process (host, volunteers and all) has used, from /proc/self/stat.
+/// CPU seconds this process (the volunteers) has used, from /proc/self/stat.
 fn own_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_secs_in(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// CPU seconds process `pid` has used.
+fn cpu_secs_of(pid: u32) -> f64 {
+    cpu_secs_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// CPU seconds (user + system) in the text of a /proc/PID/stat file.
+fn cpu_secs_in(stat: &str) -> f64 {
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, f)| f.split_whitespace().collect()).unwrap_or_default();
     let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
     ticks as f64 / crate::procs::clock_ticks_per_second()
@@ -228,7 +240,7 @@ fn describe(
     makespan: Duration,
     sizes: Sizes,
     label: &str,
-    (connect, cpu): (Duration, f64),
+    (connect, cpu, host_cpu): (Duration, f64, f64),
 ) {
     let Sizes { volunteers, frames, frame_time } = sizes;
     let starts: Vec<Vec<Instant>> = renderers.iter().map(|r| r.starts()).collect();
@@ -250,8 +262,9 @@ fn describe(
         "Scaling run ({label}, {volunteers} volunteers, {} ms frames): {} volunteers connected in {}; they began their \
          first render {}–{} after the job file; the last render started at {}, makespan {}; {} renders for {frames} \
          frames; {min}–{max} frames per volunteer; {mean_gap:.1} ms on average from one render's start to the next on \
-         a volunteer; longest time with no render starting anywhere {:.0} ms; this process (host and volunteers) used {cpu:.1} \
-         CPU seconds during the makespan, {:.0}% of the machine's {} cores.",
+         a volunteer; longest time with no render starting anywhere {:.0} ms; during the makespan the host process used {host_cpu:.2} \
+         CPU seconds ({:.2} ms per frame) and the volunteers' process {cpu:.2} ({:.2} ms per frame), together {:.0}% \
+         of the machine's {} cores.",
         frame_time.as_millis(),
         renderers.len(),
         secs(connect),
@@ -261,7 +274,9 @@ fn describe(
         secs(makespan),
         all.len(),
         pause.as_secs_f64() * 1000.0,
-        100.0 * cpu / makespan.as_secs_f64() / cores() as f64,
+        host_cpu * 1000.0 / f64::from(frames),
+        cpu * 1000.0 / f64::from(frames),
+        100.0 * (cpu + host_cpu) / makespan.as_secs_f64() / cores() as f64,
         cores(),
     ));
 }
