@@ -26,6 +26,24 @@ pub enum Command {
     Host(HostArgs),
     /// Volunteer this machine's Blender to render frames for hosts.
     Join(JoinArgs),
+    /// Show a running host's jobs (progress, ETA) and volunteers.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The host: HOST, HOST:PORT or a multiaddr, as for `join`. Default: this machine's host on the default port.
+    #[arg(value_name = "HOST")]
+    pub host: Option<String>,
+    /// Print one JSON document (the schema is in docs/PROTOCOL.md) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StatusArgs {
+    pub fn address(&self) -> Result<Multiaddr, AddrError> {
+        parse_addr(self.host.as_deref().unwrap_or("127.0.0.1"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +107,16 @@ pub struct JoinArgs {
     /// Keep this program when the host offers a new build (stops if the protocol versions become incompatible).
     #[arg(long)]
     pub no_auto_updates: bool,
+    /// The name hosts show for this volunteer in their logs and status. Default: this machine's host name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+/// This machine's host name, the default volunteer name.
+fn machine_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok())?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -178,6 +206,7 @@ impl JoinArgs {
             render,
             renderers: self.renderers,
             auto_updates: !self.no_auto_updates,
+            name: self.name.or_else(machine_name),
         })
     }
 }

@@ -7,6 +7,7 @@
 //! - [`protocol`]: every wire type, the protocol names and the size limits.
 //! - [`net`]: the one event loop that owns the libp2p swarm, and the `Client` handle the rest of the code uses.
 //! - [`scheduler`]: pure state of jobs, frames and leases; inputs in, decisions out, no I/O.
+//! - [`status`]: `blenderdist status`: asks a host what its farm does and prints it.
 //! - [`store`]: durable host state (redb), the content-addressed blob store, node keys.
 //! - [`host`]: the owner: watches the job folder, runs the scheduler, answers volunteers, writes frames.
 //! - [`worker`]: the volunteer: claims frames, fetches blobs, renders, returns results.
@@ -20,6 +21,7 @@ pub mod host;
 pub mod net;
 pub mod protocol;
 pub mod scheduler;
+pub mod status;
 pub mod store;
 pub mod update;
 pub mod worker;

@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     let Some(command) = cli.command else {
-        eprintln!("blenderdist: give a command: host or join (see --help)");
+        eprintln!("blenderdist: give a command: host, join or status (see --help)");
         return std::process::ExitCode::from(2);
     };
     let default = match cli.verbose {
@@ -44,6 +44,16 @@ fn main() -> std::process::ExitCode {
         match command {
             Command::Host(args) => blenderdist::host::run(args.into_config()?, shutdown).await,
             Command::Join(args) => blenderdist::worker::join(args.into_options()?, shutdown).await,
+            Command::Status(args) => {
+                let report = blenderdist::status::fetch(args.address()?).await?;
+                let text = if args.json {
+                    blenderdist::status::to_json(&report)?
+                } else {
+                    blenderdist::status::to_text(&report)
+                };
+                println!("{}", text.trim_end());
+                Ok(())
+            }
         }
     });
     match result {

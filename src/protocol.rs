@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod manifest;
+mod status;
 pub use manifest::*;
+pub use status::*;
 
 /// Version of the whole blenderdist protocol; peers with another version refuse each other.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -39,6 +41,10 @@ pub const UPDATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/blenderdist/up
 
 /// Largest work request or response (CBOR); grants and notices are a few hundred bytes.
 pub const MAX_WORK_MESSAGE: u64 = 64 * 1024;
+/// Largest work response: a [`StatusReport`] of a farm with many jobs and volunteers.
+pub const MAX_STATUS_MESSAGE: u64 = 4 * 1024 * 1024;
+/// Longest volunteer name (bytes) a host keeps; longer ones are cut.
+pub const MAX_NAME: usize = 64;
 /// Largest gossipsub offer.
 pub const MAX_OFFER: usize = 60 * 1024;
 /// Largest length-prefixed header on a blob stream.
@@ -140,6 +146,8 @@ pub enum WorkRequest {
     Failed { job: String, frame: u32, blend: BlobHash, error: String },
     /// Still rendering this frame: extends its lease. Answered `Noted`, or `Discard` when the volunteer should stop.
     Renew { job: String, frame: u32, blend: BlobHash },
+    /// What is the farm doing? (`blenderdist status`.) Answered `Status`.
+    Status,
 }
 
 /// One file a compositor File Output node wrote for a frame, besides the frame itself.
@@ -200,6 +208,28 @@ pub struct VolunteerCaps {
     /// until the volunteer has tried, in the background after it starts.
     #[serde(default)]
     pub opengl: Option<bool>,
+    /// The name the volunteer goes by (`join --name`, default its host name); display only, never trusted: a host
+    /// keeps it through [`display_name`].
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A name a peer announced, made safe to show in logs, terminals and HTML: control characters, quotes and angle
+/// brackets dropped, whitespace runs made one space, at most [`MAX_NAME`] bytes. `None` when nothing is left.
+pub fn display_name(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_control() || c.is_whitespace() {
+            if !out.is_empty() && !out.ends_with(' ') {
+                out.push(' ');
+            }
+        } else if !matches!(c, '<' | '>' | '"' | '\'' | '&' | '`' | '\\') {
+            out.push(c);
+        }
+    }
+    let mut out = out.trim().to_string();
+    truncate_utf8(&mut out, MAX_NAME);
+    (!out.is_empty()).then_some(out)
 }
 
 /// Owner → volunteer over [`WORK_PROTOCOL`].
@@ -218,6 +248,8 @@ pub enum WorkResponse {
     Refused {
         reason: String,
     },
+    /// Every job's progress and every volunteer's work (at most [`MAX_STATUS_MESSAGE`] bytes).
+    Status(StatusReport),
 }
 
 /// What program the owner runs, and where each platform's build of it can be fetched (by hash, over
@@ -451,6 +483,22 @@ mod tests {
         for (name, ok) in table {
             assert_eq!(check_output_name(name).is_ok(), ok, "{name}");
         }
+    }
+
+    #[test]
+    fn names_are_made_safe_to_show() {
+        let table = [
+            ("alice-desktop", Some("alice-desktop")),
+            ("  bob \n\t pc ", Some("bob pc")),
+            ("<script>alert(1)</script>", Some("scriptalert(1)/script")),
+            ("\u{1b}[31mred", Some("[31mred")),
+            ("\n\r", None),
+            ("", None),
+        ];
+        for (name, safe) in table {
+            assert_eq!(display_name(name).as_deref(), safe, "{name:?}");
+        }
+        assert_eq!(display_name(&"é".repeat(100)).map(|n| n.len()), Some(MAX_NAME));
     }
 
     #[test]

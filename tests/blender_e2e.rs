@@ -111,7 +111,7 @@ fn two_isolated_volunteers_render_frames_identical_to_blender_a() {
     assert_same_pixels(&baseline, &out, &names);
     let log = std::fs::read_to_string(dirs.jobdir.join("shot.log")).unwrap();
     let by: std::collections::HashSet<&str> =
-        log.lines().filter_map(|l| l.split(" done by ").nth(1)).filter_map(|r| r.split(' ').next()).collect();
+        log.lines().filter_map(|l| l.split(" done by ").nth(1)?.split(" in ").next()).collect();
     assert_eq!(by.len(), 2, "both volunteers should have rendered:\n{log}");
 }
 

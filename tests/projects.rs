@@ -264,6 +264,7 @@ fn caps(version: &str) -> Option<VolunteerCaps> {
         device: "CPU".into(),
         denoiser: false,
         opengl: None,
+        name: None,
     })
 }
 

@@ -10,4 +10,5 @@ mod farm;
 mod hostile;
 mod lan;
 mod projects;
+mod status;
 mod update;

@@ -106,8 +106,10 @@ impl Host {
             debug!("frame {} of {} done elsewhere; {} may stop", recall.frame, recall.job, recall.peer);
         }
         let took = self.grant_times.remove(&(job.clone(), *frame)).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-        info!("frame {frame} of {job} done by {peer} in {took:.1}s: {}", target.display());
-        self.joblog.append(job, &format!("frame {frame} done by {peer} in {took:.1}s"));
+        self.tallies.frame_done(peer, job, took);
+        let by = self.tallies.label(&peer);
+        info!("frame {frame} of {job} done by {by} in {took:.1} s: {}", target.display());
+        self.joblog.append(job, &format!("frame {frame} done by {by} in {took:.1} s"));
         if let Some(status) = self.scheduler.status(job) {
             if status.finished && self.report_finished(job) {
                 info!("job {job} finished: {} frames in {}", status.total, self.config.renderdir.join(job).display());

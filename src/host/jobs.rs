@@ -50,6 +50,20 @@ struct TrackedJob {
 }
 
 impl JobTable {
+    /// The .blend (as the job file names it) and priority of an accepted job.
+    pub fn blend_and_priority(&self, name: &str) -> Option<(String, i32)> {
+        self.jobs.get(name).map(|j| (j.file.blend.display().to_string(), j.file.priority))
+    }
+
+    /// Job files that are not (yet) jobs: rejected ones with their reason, and those being prepared.
+    pub fn not_running(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> =
+            self.errors.iter().map(|(name, why)| (name.clone(), Some(why.clone()))).collect();
+        out.extend(self.preparing.iter().filter(|n| !self.jobs.contains_key(*n)).map(|n| (n.clone(), None)));
+        out.sort();
+        out
+    }
+
     fn suspended(&self, name: &str) -> bool {
         self.scanned.get(name).is_some_and(|s| s.0)
     }
@@ -265,6 +279,7 @@ impl Host {
     /// the hashes and traces of files no job uses any more.
     fn forget_old_files(&mut self, name: &str) {
         self.grant_times.retain(|(job, _), _| job != name);
+        self.tallies.forget_job(name);
         self.preparer.retain(&self.blob_server.served_paths());
     }
 

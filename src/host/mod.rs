@@ -12,6 +12,7 @@ mod jobs;
 mod owner;
 pub mod project;
 mod scan;
+mod status;
 mod trace;
 mod watch;
 
@@ -181,6 +182,7 @@ pub async fn start(
         jobs: jobs::JobTable::default(),
         blob_server,
         grant_times: HashMap::new(),
+        tallies: status::Tallies::default(),
         offer_seq: 0,
         offer_now: false,
         manifest,
@@ -277,6 +279,8 @@ struct Host {
     prepared_tx: mpsc::Sender<jobs::JobPrepared>,
     /// When each frame was last granted, to log how long it took.
     grant_times: HashMap<(String, u32), Instant>,
+    /// Volunteers' names and frame times, and jobs' frame times, for logs and status.
+    tallies: status::Tallies,
     offer_seq: u64,
     /// Frames went back to the queue: idle volunteers should hear of it now, not at the next periodic offer.
     offer_now: bool,
@@ -376,9 +380,13 @@ impl Host {
                 let _ = self.client.respond(channel, response).await;
             }
             NetEvent::PeerGone(peer) => {
+                let label = self.tallies.label(&peer);
                 for (job, frame) in self.scheduler.peer_gone(&peer) {
-                    info!("volunteer {peer} left; frame {frame} of {job} requeued");
+                    info!("volunteer {label} left; frame {frame} of {job} requeued");
                     self.offer_now = true;
+                }
+                if self.tallies.peer_gone(&peer).is_some() {
+                    info!("volunteer {label} left");
                 }
                 self.blob_server.forget_peer(&peer);
             }
@@ -397,6 +405,17 @@ impl Host {
                 reason: format!("this host speaks protocol version {PROTOCOL_VERSION}, the volunteer {version}"),
             },
             WorkRequest::Claim { slots, caps, .. } => {
+                match &caps {
+                    Some(caps) if self.tallies.announce(peer, caps) => {
+                        info!(
+                            "volunteer {} joined (Blender {})",
+                            self.tallies.label(&peer),
+                            caps.blender.escape_debug()
+                        );
+                    }
+                    Some(_) => {}
+                    None => self.tallies.seen(peer),
+                }
                 if let Some(caps) = caps.and_then(peer_caps) {
                     self.scheduler.set_caps(&peer, caps);
                 }
@@ -409,7 +428,8 @@ impl Host {
                     debug!("frame {} of {} granted to {peer}", g.frame, g.job);
                     self.grant_times.insert((g.job.clone(), g.frame), now);
                     if self.jobs.first_grant(&g.job) {
-                        self.joblog.append(&g.job, &format!("started: frame {} to {peer}", g.frame));
+                        let by = self.tallies.label(&peer);
+                        self.joblog.append(&g.job, &format!("started: frame {} to {by}", g.frame));
                     }
                 }
                 WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
@@ -424,6 +444,7 @@ impl Host {
             WorkRequest::Rendered { job, frame, blend, blob, size, ext, outputs } => {
                 self.on_rendered(peer, (job, frame, blend), (blob, size, ext), outputs)
             }
+            WorkRequest::Status => WorkResponse::Status(self.status_report()),
             WorkRequest::Failed { job, frame, blend, mut error } => {
                 truncate_utf8(&mut error, MAX_ERROR_TEXT);
                 let outcome = self.scheduler.frame_failed(&peer, &job, frame, blend, &error);
@@ -431,8 +452,9 @@ impl Host {
                     debug!("ignoring a stale failure of frame {frame} of {job} from {peer}: {error}");
                     return WorkResponse::Noted;
                 }
-                warn!("frame {frame} of {job} failed on {peer}: {error}");
-                self.joblog.append(&job, &format!("frame {frame} failed on {peer}: {error}"));
+                let by = self.tallies.label(&peer);
+                warn!("frame {frame} of {job} failed on {by}: {error}");
+                self.joblog.append(&job, &format!("frame {frame} failed on {by}: {error}"));
                 self.offer_now = true;
                 if let FailOutcome::JobFailed { reason } = outcome {
                     warn!("job {job} failed: {reason}");
@@ -441,6 +463,25 @@ impl Host {
                 WorkResponse::Noted
             }
         }
+    }
+
+    /// Every job's progress and every volunteer's work, for `blenderdist status` and the dashboard.
+    fn status_report(&self) -> crate::protocol::StatusReport {
+        let leases: HashMap<PeerId, Vec<(String, u32)>> =
+            self.tallies.peers().map(|peer| (*peer, self.scheduler.leases_of(peer))).collect();
+        let mut jobs = Vec::new();
+        for name in self.scheduler.jobs() {
+            let (Some(st), Some(file)) = (self.scheduler.status(name), self.jobs.blend_and_priority(name)) else {
+                continue;
+            };
+            let working = leases.values().filter(|l| l.iter().any(|(job, _)| job == name)).count();
+            jobs.push(status::job_report(name, file, &st, self.tallies.job_average(name), working));
+        }
+        for (name, error) in self.jobs.not_running() {
+            jobs.push(status::other_job(&name, error.as_deref()));
+        }
+        let peers = self.tallies.peer_reports(|peer| leases.get(peer).cloned().unwrap_or_default());
+        status::report(jobs, peers)
     }
 
     /// A volunteer rendered a frame: check what it announces, then invite the upload of its File Output files and

@@ -7,7 +7,9 @@ use libp2p::{
     swarm::NetworkBehaviour,
 };
 
-use crate::protocol::{WorkRequest, WorkResponse, IDENTIFY_PROTOCOL, MAX_OFFER, MAX_WORK_MESSAGE, WORK_PROTOCOL};
+use crate::protocol::{
+    WorkRequest, WorkResponse, IDENTIFY_PROTOCOL, MAX_OFFER, MAX_STATUS_MESSAGE, MAX_WORK_MESSAGE, WORK_PROTOCOL,
+};
 
 /// Agent string prefix an owner announces through identify, so volunteers can claim at once instead of waiting for
 /// the next offer.
@@ -45,7 +47,7 @@ impl Behaviour {
         let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
         let codec = request_response::cbor::codec::Codec::default()
             .set_request_size_maximum(MAX_WORK_MESSAGE)
-            .set_response_size_maximum(MAX_WORK_MESSAGE);
+            .set_response_size_maximum(MAX_STATUS_MESSAGE);
         let work = request_response::Behaviour::with_codec(
             codec,
             [(WORK_PROTOCOL, request_response::ProtocolSupport::Full)],

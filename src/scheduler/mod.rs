@@ -358,7 +358,41 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
             suspended: job.suspended,
             failed: job.failed.as_ref().map(|(_, reason)| reason.clone()),
             finished: job.finished(),
+            failing: job.frame_failures.keys().filter(|&&f| job.state(f).is_some_and(|s| s != FrameState::Done)).count()
+                as u32,
         })
+    }
+
+    /// The state of every frame of job `name`, first frame first: `p` pending, `r` rendering (leased), `d` done,
+    /// `f` failed at least once and not done; for the dashboard's grid. Runs of `per_cell` frames share one letter,
+    /// the most telling of their states (f, then r, then p, then d), so a long job stays at most `max_cells` long.
+    /// Returns (first frame, letters, frames per letter).
+    pub fn frame_grid(&self, name: &str, max_cells: usize) -> Option<(u32, String, u32)> {
+        let job = self.job(name)?;
+        let total = job.frames.len();
+        let per_cell = total.div_ceil(max_cells.max(1)).max(1);
+        let rank = |c: u8| match c {
+            b'f' => 3,
+            b'r' => 2,
+            b'p' => 1,
+            _ => 0,
+        };
+        let letters = job
+            .frames
+            .chunks(per_cell)
+            .enumerate()
+            .map(|(cell, states)| {
+                let first = job.desc.first + (cell * per_cell) as u32;
+                let letter = |(i, state): (usize, &FrameState)| match state {
+                    FrameState::Done => b'd',
+                    _ if job.frame_failures.contains_key(&(first + i as u32)) => b'f',
+                    FrameState::Leased => b'r',
+                    FrameState::Pending => b'p',
+                };
+                states.iter().enumerate().map(letter).max_by_key(|&c| rank(c)).unwrap_or(b'd') as char
+            })
+            .collect();
+        Some((job.desc.first, letters, per_cell as u32))
     }
 
     /// Job names in service order.

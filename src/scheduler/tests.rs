@@ -31,7 +31,7 @@ fn desc(name: &str, first: u32, last: u32, priority: i32, order: u64) -> JobDesc
 
 /// A fresh job status with only the counters set.
 fn st(total: u32, done: u32, leased: u32, pending: u32) -> JobStatus {
-    JobStatus { total, done, leased, pending, suspended: false, failed: None, finished: done == total }
+    JobStatus { total, done, leased, pending, suspended: false, failed: None, finished: done == total, failing: 0 }
 }
 
 fn secs(n: u64) -> Duration {
@@ -332,6 +332,21 @@ fn empty_range_has_no_frames() {
 
 /// A bogus range cannot allocate gigabytes: it is capped at [`MAX_JOB_FRAMES`]. (No invariant walk over 16 M frames
 /// here, which would be slow in a debug build.)
+#[test]
+fn frame_grid_letters_and_runs() {
+    let mut s = S::new(SchedulerConfig { max_frame_failures: 5, ..Default::default() });
+    s.upsert_job(desc("j", 10, 17, 0, 0), &[10, 11]);
+    let t = Instant::now();
+    let granted = s.claim(&"a", 2, t);
+    assert_eq!(granted.iter().map(|g| g.frame).collect::<Vec<_>>(), [12, 13]);
+    s.frame_failed(&"a", "j", 13, blend(1), "boom");
+    assert_eq!(s.frame_grid("j", 100), Some((10, "ddrfpppp".to_string(), 1)));
+    assert_eq!(s.status("j").map(|st| st.failing), Some(1));
+    // Runs of 3: the most telling state of each run wins.
+    assert_eq!(s.frame_grid("j", 3), Some((10, "rfp".to_string(), 3)));
+    assert_eq!(s.frame_grid("nope", 3), None);
+}
+
 #[test]
 fn huge_range_is_capped() {
     let mut s: S = Scheduler::new(SchedulerConfig::default());

@@ -162,4 +162,6 @@ pub struct JobStatus {
     pub suspended: bool,
     pub failed: Option<String>,
     pub finished: bool,
+    /// Frames that failed at least once and are not done.
+    pub failing: u32,
 }

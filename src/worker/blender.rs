@@ -154,7 +154,7 @@ async fn probe(program: &Path, device: &str) -> Result<VolunteerCaps, RenderErro
         )));
     }
     let (blender, build_hash, denoiser) = (found.blender, found.build_hash, found.denoiser);
-    Ok(VolunteerCaps { blender, build_hash, device: device.to_string(), denoiser, opengl: None })
+    Ok(VolunteerCaps { blender, build_hash, device: device.to_string(), denoiser, opengl: None, name: None })
 }
 
 impl BlenderRenderer {

@@ -54,11 +54,13 @@ pub struct JoinOptions {
     pub render: BlenderOptions,
     pub renderers: u32,
     pub auto_updates: bool,
+    /// The name hosts show for this volunteer.
+    pub name: Option<String>,
 }
 
 /// Runs a volunteer with real Blender until `shutdown`, relaunching it on a staged build (the `join` command).
 pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let JoinOptions { bootstrap, mdns, cache_dir, blender: program, render: options, renderers, auto_updates } =
+    let JoinOptions { bootstrap, mdns, cache_dir, blender: program, render: options, renderers, auto_updates, name } =
         options;
     if bootstrap.is_empty() && !mdns {
         anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
@@ -81,7 +83,7 @@ pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Sen
         mdns,
         renderers,
         updater: Some(updater.clone()),
-        caps: Some(renderer.caps().clone()),
+        caps: Some(crate::protocol::VolunteerCaps { name, ..renderer.caps().clone() }),
     };
     // Asked to stop, the volunteer stops, even with an update staged: it must not restart itself instead.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,0 +1,82 @@
+//! `blenderdist status`: a host reports its jobs and volunteers, by name, to the status command over the mesh.
+
+use std::time::Duration;
+
+use blenderdist::{protocol::VolunteerCaps, worker::fake::FakeRenderer};
+
+use crate::common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn caps(name: &str) -> Option<VolunteerCaps> {
+    Some(VolunteerCaps { blender: "3.4.1".into(), name: Some(name.into()), ..Default::default() })
+}
+
+fn status(addr: &str, json: bool) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_blenderdist"));
+    command.args(["status", addr]);
+    if json {
+        command.arg("--json");
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_jobs_and_volunteers() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"not really a blend").unwrap();
+    let (host, _stop_host) = start_host(&dirs).await;
+    let addr = host.addrs[0].clone();
+    let slow = || FakeRenderer::new(Duration::from_millis(200));
+    let (_a, _stop_a) = start_fake_worker_with(dirs.cache("a"), addr.clone(), slow(), caps("alice-desktop"));
+    let (_b, _stop_b) = start_fake_worker_with(dirs.cache("b"), addr.clone(), slow(), caps("<b>bob</b>\npc"));
+    std::fs::write(dirs.jobdir.join("broken.job"), "scene.blend\nten\n20\n").unwrap();
+    write_job(&dirs.jobdir, "shot", "scene.blend", 1, 400);
+    let log_path = dirs.jobdir.join("shot.log");
+    let done = || std::fs::read_to_string(&log_path).map(|l| l.matches(" done by ").count()).unwrap_or(0);
+    wait_until("6 frames done", LIMIT, || done() >= 6).await;
+
+    let addr_text = addr.to_string();
+    let json = tokio::task::spawn_blocking(move || status(&addr_text, true)).await.unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let jobs = report["jobs"].as_array().unwrap();
+    let shot = jobs.iter().find(|j| j["name"] == "shot").unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(shot["frames_total"], 400, "{json}");
+    assert!(shot["frames_done"].as_u64().unwrap() >= 6, "{json}");
+    assert!(["rendering", "queued"].contains(&shot["state"].as_str().unwrap()), "{json}");
+    assert!(shot["avg_frame_seconds"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(shot["blend"].as_str().unwrap().ends_with("scene.blend"), "{json}");
+    let broken = jobs.iter().find(|j| j["name"] == "broken").unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(broken["state"], "invalid", "{json}");
+    assert!(broken["error"].as_str().unwrap().contains("ten"), "{json}");
+
+    let peers = report["peers"].as_array().unwrap();
+    let names: Vec<&str> = peers.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice-desktop", "bbob/b pc"], "names are shown, made safe: {json}");
+    let delivered: u64 = peers.iter().map(|p| p["frames_done"].as_u64().unwrap()).sum();
+    assert!(delivered >= 6, "{json}");
+    assert!(peers.iter().all(|p| p["blender"] == "3.4.1"), "{json}");
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains(" done by alice-desktop (12D3KooW"), "{log}");
+
+    let addr_text = addr.to_string();
+    let text = tokio::task::spawn_blocking(move || status(&addr_text, false)).await.unwrap();
+    assert!(text.lines().any(|l| l.starts_with("shot ") && l.contains("] ")), "{text}");
+    assert!(text.contains("/400 done"), "{text}");
+    assert!(text.contains("broken") && text.contains("invalid"), "{text}");
+    assert!(text.contains("alice-desktop (…"), "{text}");
+}
+
+#[test]
+fn status_without_a_host_says_so() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blenderdist"))
+        .args(["status", "127.0.0.1:1", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no blenderdist host answered at /ip4/127.0.0.1/tcp/1"), "{err}");
+}
