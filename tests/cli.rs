@@ -116,3 +116,41 @@ fn a_cycles_device_blender_does_not_offer_stops_join_with_the_list() {
     let (ok, text) = run(&["join", "127.0.0.1:1", "--no-mdns", "--cache-dir", &cache, "--device", "TPU"]);
     assert!(!ok && text.contains("TPU"), "{text}");
 }
+
+/// A volunteer given an address where nothing listens says so, with the reason and when it tries again, at the
+/// default log level: a friend who mistyped the address must not wait in silence.
+#[test]
+fn join_says_why_it_cannot_reach_the_host() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let blender = fake_blender(dir.path());
+    let cache = dir.path().join("cache");
+    let mut child = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_blenderdist"))
+            .args(["join", "127.0.0.1:1", "--no-mdns", "--name", "carol"])
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--blender")
+            .arg(&blender)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_timeout(std::time::Duration::from_secs(30)) {
+        seen.push(line.clone());
+        if line.contains("cannot reach /ip4/127.0.0.1/tcp/1: connection refused; retrying in") {
+            assert!(seen.iter().any(|l| l.contains("dialling /ip4/127.0.0.1/tcp/1")), "{seen:#?}");
+            return;
+        }
+    }
+    panic!("join did not say why it cannot reach the host within 30 s: {seen:#?}");
+}

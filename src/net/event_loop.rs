@@ -89,6 +89,9 @@ impl EventLoop {
     }
 
     pub(super) async fn run(mut self) {
+        for b in &self.bootstrap {
+            info!("dialling {}", b.addr);
+        }
         let mut redial = tokio::time::interval(REDIAL_MIN / 2);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -208,8 +211,12 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, connection_id, error } => {
                 debug!(?peer_id, "dial failed: {error}");
+                let now = Instant::now();
                 for b in self.bootstrap.iter_mut().filter(|b| b.dialing == Some(connection_id)) {
                     b.dialing = None;
+                    // Said at the default level: a volunteer with a mistyped address must not wait in silence.
+                    let retry = b.next_dial.saturating_duration_since(now).as_secs_f64().ceil();
+                    warn!("cannot reach {}: {}; retrying in {retry} s", b.addr, dial_reason(&error));
                 }
                 if let Some(peer) = peer_id {
                     self.discovered.remove(&peer);
@@ -322,4 +329,44 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         Protocol::P2p(peer) => Some(peer),
         _ => None,
     })
+}
+
+/// Why a dial failed, in words a person can act on: refused, timed out, the wrong peer, or the transport's own text
+/// (a failed handshake, another farm).
+fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::swarm::DialError;
+    match error {
+        DialError::WrongPeerId { obtained, .. } => {
+            format!("another node answers there (peer id {obtained}, not the one in the address)")
+        }
+        DialError::Transport(attempts) => {
+            let reasons: Vec<String> = attempts.iter().map(|(_, e)| transport_reason(e)).collect();
+            reasons.join("; ")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn transport_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    // The io::Error underneath is wrapped in types that do not expose it as a source; its words are reliable.
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    let lower = text.to_lowercase();
+    let known = [
+        ("connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("no route to host", "no route to the host"),
+        ("network is unreachable", "the network is unreachable"),
+        ("noise", "the secure handshake failed (not a blenderdist node, or another farm)"),
+        ("multistream", "it does not speak blenderdist's protocols"),
+    ];
+    match known.iter().find(|(words, _)| lower.contains(words)) {
+        Some((_, reason)) => (*reason).to_string(),
+        None => text.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
 }

@@ -88,6 +88,8 @@ pub(super) struct Slot<R> {
     pub next_dir: std::sync::atomic::AtomicU64,
     /// Sent with every claim; the OpenGL probe fills in its part once it has run.
     pub caps: std::sync::Mutex<Option<crate::protocol::VolunteerCaps>>,
+    /// Frames this volunteer delivered, for its progress lines.
+    pub delivered: std::sync::atomic::AtomicU64,
 }
 
 impl<R: Renderer> Slot<R> {
@@ -247,6 +249,7 @@ impl<R: Renderer> Slot<R> {
             }
             other => Err(format!("host answered {other:?}")),
         }?;
+        self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!("frame {} of {} delivered", grant.frame, grant.job);
         Ok(())
     }

@@ -125,6 +125,9 @@ pub fn start<R: Renderer>(
         mdns: config.mdns,
     })?;
     info!("volunteer {} started", client.peer_id());
+    if config.mdns {
+        info!("looking for hosts on the LAN (mDNS)…");
+    }
     let (hosts_tx, hosts) = watch::channel(HashSet::new());
     let offers = Arc::new(Notify::new());
     let slot = Arc::new(frame::Slot {
@@ -135,6 +138,7 @@ pub fn start<R: Renderer>(
         work_dir,
         fetching: tokio::sync::Mutex::new(()),
         next_dir: Default::default(),
+        delivered: Default::default(),
         caps: std::sync::Mutex::new(config.caps.clone()),
     });
     if config.caps.is_some() {

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use libp2p::PeerId;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{blender::Renderer, frame, leases::Leases};
 use crate::protocol::{FrameGrant, WorkRequest, WorkResponse, PROTOCOL_VERSION};
@@ -54,6 +54,8 @@ pub(super) async fn slot_loop<R: Renderer>(
             tokio::spawn(async move { claim_one(&slot, &leases, &signals).await })
         };
         let dir = slot.new_frame_dir(&grant);
+        let done_here = slot.delivered.load(std::sync::atomic::Ordering::Relaxed);
+        info!("rendering frame {} of {} ({done_here} frames done here)", grant.frame, grant.job);
         let outcome = slot.render_granted(&grant, project, &recalled, &dir).await;
         // One upload in flight per slot: a slow link slows the slot down instead of piling up frames.
         if let Some(previous) = delivering.take() {
@@ -112,6 +114,7 @@ async fn wait_for_grant<R: Renderer>(
     leases: &Leases,
     signals: &mut Signals,
 ) -> Option<Prepared> {
+    let mut said_waiting = false;
     loop {
         if *signals.draining.borrow_and_update() {
             return None;
@@ -124,6 +127,10 @@ async fn wait_for_grant<R: Renderer>(
         signals.hosts.borrow_and_update();
         if let Some(prepared) = claim_one(slot, leases, signals).await {
             return Some(prepared);
+        }
+        if !said_waiting && !signals.hosts.borrow().is_empty() {
+            info!("waiting for work");
+            said_waiting = true;
         }
         tokio::select! {
             _ = notified => {}
