@@ -6,6 +6,7 @@ mod blender_e2e;
 mod blender_faults;
 mod cli;
 mod control;
+mod dashboard;
 mod farm;
 mod hostile;
 mod lan;
