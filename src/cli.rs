@@ -69,6 +69,9 @@ pub struct HostArgs {
     /// without one, every .blend travels alone)
     #[arg(long, value_name = "PATH")]
     pub blender: Option<PathBuf>,
+    /// Serve a read-only dashboard on this address (e.g. 127.0.0.1:8080); off unless given
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +175,7 @@ impl HostArgs {
             scheduler: crate::scheduler::SchedulerConfig::default(),
             release_dir: self.release_dir,
             blender: crate::host::owners_blender(self.blender),
+            http: self.http,
         })
     }
 }

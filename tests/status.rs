@@ -80,3 +80,54 @@ fn status_without_a_host_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no blenderdist host answered at /ip4/127.0.0.1/tcp/1"), "{err}");
 }
+
+/// A plain HTTP/1.1 GET; the body of the answer.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{path}: {raw}");
+    raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// The dashboard of a real host shows its jobs, the frames' states, the latest frames and the volunteers by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_follows_the_farm() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"not really a blend").unwrap();
+    init_tracing();
+    let (_stop_host, shutdown) = shutdown_switch();
+    let config = blenderdist::host::HostConfig { http: Some("127.0.0.1:0".parse().unwrap()), ..dirs.host_config() };
+    let host = blenderdist::host::start(config, shutdown).await.unwrap();
+    let web = host.dashboard.expect("the host serves a dashboard");
+    let addr = host.addrs[0].clone();
+    let fake = || FakeRenderer::new(Duration::from_millis(50));
+    let (_a, _stop_a) = start_fake_worker_with(dirs.cache("a"), addr.clone(), fake(), caps("alice-desktop"));
+    write_job(&dirs.jobdir, "shot", "scene.blend", 1, 8);
+    let out = dirs.renderdir.join("shot");
+    wait_until("all 8 frames", LIMIT, || files_in(&out).len() == 8).await;
+
+    // Snapshots are published every half second: wait for one that shows the finished job.
+    let snapshot = move || serde_json::from_str::<serde_json::Value>(&http_get(web, "/api/snapshot")).unwrap();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..40 {
+        last = tokio::task::spawn_blocking(snapshot).await.unwrap();
+        if last["frames"][0]["states"] == "dddddddd" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(last["frames"][0]["states"], "dddddddd", "{last:#}");
+    assert_eq!(last["status"]["jobs"][0]["state"], "done", "{last:#}");
+    assert_eq!(last["status"]["peers"][0]["name"], "alice-desktop", "{last:#}");
+    let recent = last["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 8, "{last:#}");
+    assert!(recent.iter().all(|f| f["by"] == "alice-desktop" && f["file"].as_str().unwrap().ends_with(".png")));
+    let status: serde_json::Value =
+        serde_json::from_str(&tokio::task::spawn_blocking(move || http_get(web, "/api/status")).await.unwrap())
+            .unwrap();
+    assert_eq!(status, last["status"], "/api/status is the snapshot's status");
+}

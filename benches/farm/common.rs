@@ -246,6 +246,7 @@ impl Farm {
             scheduler: Default::default(),
             release_dir: None,
             blender: None,
+            http: None,
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         let addr = host.addrs[0].clone();

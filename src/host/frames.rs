@@ -108,6 +108,9 @@ impl Host {
         let took = self.grant_times.remove(&(job.clone(), *frame)).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
         self.tallies.frame_done(peer, job, took);
         let by = self.tallies.label(&peer);
+        if let (Some(feed), Some(file)) = (&mut self.snapshots, target.file_name()) {
+            feed.frame_done(job, *frame, &file.to_string_lossy(), self.tallies.name_of(&peer));
+        }
         info!("frame {frame} of {job} done by {by} in {took:.1} s: {}", target.display());
         self.joblog.append(job, &format!("frame {frame} done by {by} in {took:.1} s"));
         if let Some(status) = self.scheduler.status(job) {

@@ -5,7 +5,9 @@
 //! files and receives frames, [`joblog`] writes `JOBDIR/NAME.log`. This file holds the event loop.
 
 pub mod blobs;
+mod dashboard;
 mod frames;
+pub mod http;
 pub mod jobfile;
 pub mod joblog;
 mod jobs;
@@ -61,6 +63,8 @@ pub struct HostConfig {
     pub release_dir: Option<PathBuf>,
     /// The owner's Blender, which lists the files each .blend needs; None sends every .blend alone.
     pub blender: Option<PathBuf>,
+    /// Where to serve the dashboard; `None`: no dashboard.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// A running host, for tests and the binary alike.
@@ -71,6 +75,8 @@ pub struct RunningHost {
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The program this host runs, as served to volunteers.
     pub own: OwnBinary,
+    /// Where the dashboard listens, when it was asked for.
+    pub dashboard: Option<std::net::SocketAddr>,
 }
 
 /// Runs a host until `shutdown`, relaunching it on a new build of its program file (the `host` command).
@@ -92,6 +98,9 @@ pub async fn run(config: HostConfig, shutdown: impl Future<Output = ()> + Send +
     if let Some(addr) = best_addr(&host.addrs) {
         println!("blenderdist host {} is ready. On each volunteer machine run:", host.peer_id);
         println!("    blenderdist join {addr}");
+    }
+    if let Some(dashboard) = host.dashboard {
+        println!("Dashboard: http://{dashboard}/");
     }
     let watcher = tokio::spawn(crate::update::host::watch_own_binary(host.own.clone(), relaunch_tx, stop_tx));
     let result = host.task.await.context("the host task panicked")?;
@@ -173,6 +182,16 @@ pub async fn start(
     let preparer = project::Preparer::new(config.blender.clone(), &config.state_dir.join("projects"))
         .with_context(|| format!("cannot prepare {}", config.state_dir.join("projects").display()))?;
     let (prepared_tx, prepared) = mpsc::channel(16);
+    let (dashboard, snapshots) = match config.http {
+        Some(addr) => {
+            let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(http::Snapshot::default()));
+            let bound = http::serve(addr, config.renderdir.clone(), rx)
+                .await
+                .with_context(|| format!("cannot serve the dashboard on {addr}"))?;
+            (Some(bound), Some(dashboard::Publisher::new(tx)))
+        }
+        None => (None, None),
+    };
     let mut host = Host {
         joblog: joblog::JobLog::start(config.jobdir.clone()),
         frames: frames::FrameQueue::default(),
@@ -183,6 +202,7 @@ pub async fn start(
         blob_server,
         grant_times: HashMap::new(),
         tallies: status::Tallies::default(),
+        snapshots,
         offer_seq: 0,
         offer_now: false,
         manifest,
@@ -196,7 +216,7 @@ pub async fn start(
     }
     info!("host {peer_id} watching {}", host.config.jobdir.display());
     let task = tokio::spawn(async move { host.run(events, arrivals, prepared, watcher, shutdown).await });
-    Ok(RunningHost { peer_id, addrs, task, own })
+    Ok(RunningHost { peer_id, addrs, task, own, dashboard })
 }
 
 /// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.
@@ -281,6 +301,8 @@ struct Host {
     grant_times: HashMap<(String, u32), Instant>,
     /// Volunteers' names and frame times, and jobs' frame times, for logs and status.
     tallies: status::Tallies,
+    /// The dashboard's feed, when there is a dashboard.
+    snapshots: Option<dashboard::Publisher>,
     offer_seq: u64,
     /// Frames went back to the queue: idle volunteers should hear of it now, not at the next periodic offer.
     offer_now: bool,
@@ -341,6 +363,7 @@ impl Host {
                     scan_state.done(&self.config.jobdir, &scan_tx);
                 }
                 _ = tick.tick() => {
+                    self.publish_snapshot();
                     self.report_unservable();
                     for recall in self.scheduler.tick(Instant::now().into_std()) {
                         info!("lease of frame {} of {} held by {} expired; requeued", recall.frame, recall.job, recall.peer);
@@ -453,6 +476,9 @@ impl Host {
                     return WorkResponse::Noted;
                 }
                 let by = self.tallies.label(&peer);
+                if let Some(feed) = &mut self.snapshots {
+                    feed.error(&job, Some(frame), Some(by.clone()), &error);
+                }
                 warn!("frame {frame} of {job} failed on {by}: {error}");
                 self.joblog.append(&job, &format!("frame {frame} failed on {by}: {error}"));
                 self.offer_now = true;

@@ -79,6 +79,11 @@ impl Tallies {
         }
     }
 
+    /// A volunteer's name, or its peer id when it gave none.
+    pub fn name_of(&self, peer: &PeerId) -> String {
+        self.peers.get(peer).and_then(|v| v.name.clone()).unwrap_or_else(|| peer.to_string())
+    }
+
     /// The volunteers' part of the report; `leases` gives the frames each renders now.
     pub fn peer_reports(&self, leases: impl Fn(&PeerId) -> Vec<(String, u32)>) -> Vec<PeerReport> {
         let mut peers: Vec<PeerReport> = self

@@ -93,6 +93,7 @@ impl Dirs {
             scheduler: Default::default(),
             release_dir: None,
             blender: None,
+            http: None,
         }
     }
 }
