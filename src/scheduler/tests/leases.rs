@@ -125,9 +125,10 @@ fn backups_skip_uploading_frames_and_frames_the_peer_failed() {
             Claim("d", 2, 500, &[("j", 2)]),
             // The original expires; the backup keeps the frame leased, so it is not pending.
             Tick(1000, &[("a", "j", 1), ("c", "j", 2)]),
-            Status("j", Some(st(2, 0, 1, 1))),
+            // Frame 2 failed once and is not done: it counts as failing.
+            Status("j", Some(JobStatus { failing: 1, ..st(2, 0, 1, 1) })),
             Gone("d", &[("j", 2)]),
-            Status("j", Some(st(2, 0, 0, 2))),
+            Status("j", Some(JobStatus { failing: 1, ..st(2, 0, 0, 2) })),
         ],
     );
 }
@@ -140,7 +141,7 @@ fn failed_frame_is_retried_on_another_peer_only() {
             Upsert(desc("j", 1, 2, 0, 0), &[], JobChange::Added, &[]),
             Claim("a", 1, 0, &[("j", 1)]),
             Failed("a", "j", 1, "boom", Fail::Retry),
-            Status("j", Some(st(2, 0, 0, 2))),
+            Status("j", Some(JobStatus { failing: 1, ..st(2, 0, 0, 2) })),
             Claim("a", 2, 1, &[("j", 2)]),
             HasWork("a", false),
             HasWork("b", true),
