@@ -24,6 +24,8 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     };
     let default = match cli.verbose {
+        // `status` prints a report on stdout; its own progress would only clutter the terminal.
+        0 if matches!(command, Command::Status(_)) => "warn",
         0 => "blenderdist=info,warn",
         1 => "blenderdist=debug,info",
         _ => "trace",
