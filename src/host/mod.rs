@@ -13,6 +13,7 @@ pub mod joblog;
 mod jobs;
 mod owner;
 pub mod project;
+mod requests;
 mod scan;
 mod status;
 mod trace;
@@ -28,20 +29,16 @@ use std::{
 use anyhow::Context as _;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use tokio::{sync::mpsc, time::Instant};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     net::{self, Client, NetConfig, NetEvent},
-    protocol::{
-        check_output_name, is_frame_extension, truncate_utf8, BlobHash, ExtraOutput, FrameGrant, JobOffer, OfferedJob,
-        SignedManifest, VolunteerCaps, WorkRequest, WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, MAX_EXTRA_OUTPUTS,
-        PROTOCOL_VERSION,
-    },
-    scheduler::{BlendVersion, FailOutcome, Grant, PeerCaps, Scheduler, SchedulerConfig, Verdict},
+    protocol::{JobOffer, OfferedJob, SignedManifest, PROTOCOL_VERSION},
+    scheduler::{Scheduler, SchedulerConfig},
     store::{keys, state::StateStore},
     update::host::OwnBinary,
 };
-use blobs::{BlobServer, ExpectedUpload, FrameArrived};
+use blobs::{BlobServer, FrameArrived};
 
 /// How often offers are re-published: gossipsub keeps no history for volunteers that join later.
 const OFFER_INTERVAL: Duration = Duration::from_secs(3);
@@ -269,18 +266,6 @@ impl ScanState {
     }
 }
 
-/// What the scheduler needs of a volunteer's reported capabilities; a version it cannot read counts as unknown.
-fn peer_caps(caps: VolunteerCaps) -> Option<PeerCaps> {
-    let mut text = caps.blender;
-    truncate_utf8(&mut text, 64);
-    let blender = BlendVersion::from_blender_version_string(&text)?;
-    Some(PeerCaps { blender, blender_text: text, denoiser: caps.denoiser, opengl: caps.opengl })
-}
-
-fn to_wire(g: Grant) -> FrameGrant {
-    FrameGrant { job: g.job, frame: g.frame, blend: g.blend, blend_size: g.blend_size }
-}
-
 struct Host {
     config: HostConfig,
     client: Client,
@@ -419,136 +404,6 @@ impl Host {
             | NetEvent::Offer { .. }
             | NetEvent::Manifest { .. }
             | NetEvent::Incompatible { .. } => {}
-        }
-    }
-
-    fn on_request(&mut self, peer: PeerId, request: WorkRequest) -> WorkResponse {
-        match request {
-            WorkRequest::Claim { version, .. } if version != PROTOCOL_VERSION => WorkResponse::Refused {
-                reason: format!("this host speaks protocol version {PROTOCOL_VERSION}, the volunteer {version}"),
-            },
-            WorkRequest::Claim { slots, caps, .. } => {
-                match &caps {
-                    Some(caps) if self.tallies.announce(peer, caps) => {
-                        info!(
-                            "volunteer {} joined (Blender {})",
-                            self.tallies.label(&peer),
-                            caps.blender.escape_debug()
-                        );
-                    }
-                    Some(_) => {}
-                    None => self.tallies.seen(peer),
-                }
-                if let Some(caps) = caps.and_then(peer_caps) {
-                    self.scheduler.set_caps(&peer, caps);
-                }
-                let now = Instant::now();
-                let grants = self.scheduler.claim(&peer, slots.clamp(1, MAX_CLAIM_SLOTS), now.into_std());
-                if grants.is_empty() {
-                    return WorkResponse::NoWork;
-                }
-                for g in &grants {
-                    debug!("frame {} of {} granted to {peer}", g.frame, g.job);
-                    self.grant_times.insert((g.job.clone(), g.frame), now);
-                    if self.jobs.first_grant(&g.job) {
-                        let by = self.tallies.label(&peer);
-                        self.joblog.append(&g.job, &format!("started: frame {} to {by}", g.frame));
-                    }
-                }
-                WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
-            }
-            WorkRequest::Renew { job, frame, blend } => {
-                if self.scheduler.renew(&peer, &job, frame, blend, Instant::now().into_std()) {
-                    WorkResponse::Noted
-                } else {
-                    WorkResponse::Discard
-                }
-            }
-            WorkRequest::Rendered { job, frame, blend, blob, size, ext, outputs } => {
-                self.on_rendered(peer, (job, frame, blend), (blob, size, ext), outputs)
-            }
-            WorkRequest::Status => WorkResponse::Status(self.status_report()),
-            WorkRequest::Failed { job, frame, blend, mut error } => {
-                truncate_utf8(&mut error, MAX_ERROR_TEXT);
-                let outcome = self.scheduler.frame_failed(&peer, &job, frame, blend, &error);
-                if outcome == FailOutcome::Ignored {
-                    debug!("ignoring a stale failure of frame {frame} of {job} from {peer}: {error}");
-                    return WorkResponse::Noted;
-                }
-                let by = self.tallies.label(&peer);
-                if let Some(feed) = &mut self.snapshots {
-                    feed.error(&job, Some(frame), Some(by.clone()), &error);
-                }
-                warn!("frame {frame} of {job} failed on {by}: {error}");
-                self.joblog.append(&job, &format!("frame {frame} failed on {by}: {error}"));
-                self.offer_now = true;
-                if let FailOutcome::JobFailed { reason } = outcome {
-                    warn!("job {job} failed: {reason}");
-                    self.joblog.append(&job, &format!("job failed: {reason}"));
-                }
-                WorkResponse::Noted
-            }
-        }
-    }
-
-    /// Every job's progress and every volunteer's work, for `blenderdist status` and the dashboard.
-    fn status_report(&self) -> crate::protocol::StatusReport {
-        let leases: HashMap<PeerId, Vec<(String, u32)>> =
-            self.tallies.peers().map(|peer| (*peer, self.scheduler.leases_of(peer))).collect();
-        let mut jobs = Vec::new();
-        for name in self.scheduler.jobs() {
-            let (Some(st), Some(file)) = (self.scheduler.status(name), self.jobs.blend_and_priority(name)) else {
-                continue;
-            };
-            let working = leases.values().filter(|l| l.iter().any(|(job, _)| job == name)).count();
-            jobs.push(status::job_report(name, file, &st, self.tallies.job_average(name), working));
-        }
-        for (name, error) in self.jobs.not_running() {
-            jobs.push(status::other_job(&name, error.as_deref()));
-        }
-        let peers = self.tallies.peer_reports(|peer| leases.get(peer).cloned().unwrap_or_default());
-        status::report(jobs, peers)
-    }
-
-    /// A volunteer rendered a frame: check what it announces, then invite the upload of its File Output files and
-    /// of the frame itself.
-    fn on_rendered(
-        &mut self,
-        peer: PeerId,
-        (job, frame, blend): (String, u32, BlobHash),
-        (blob, size, ext): (BlobHash, u64, String),
-        outputs: Vec<ExtraOutput>,
-    ) -> WorkResponse {
-        let ext = ext.to_ascii_lowercase();
-        if !is_frame_extension(&ext) || size == 0 || size > MAX_BLOB_SIZE {
-            warn!("{peer} reported frame {frame} of {job} as a {size}-byte .{ext} file; refusing it");
-            return WorkResponse::Refused { reason: format!("a {size}-byte .{ext} frame is not acceptable") };
-        }
-        if outputs.len() > MAX_EXTRA_OUTPUTS {
-            return WorkResponse::Refused { reason: format!("more than {MAX_EXTRA_OUTPUTS} File Output files") };
-        }
-        for output in &outputs {
-            if let Err(why) = check_output_name(&output.name) {
-                warn!("{peer} reported a File Output file {:?} for frame {frame} of {job}: {why}", output.name);
-                return WorkResponse::Refused {
-                    reason: format!("the output {:?} is not acceptable: {why}", output.name),
-                };
-            }
-            if output.size == 0 || output.size > MAX_BLOB_SIZE {
-                return WorkResponse::Refused { reason: format!("a {}-byte output is not acceptable", output.size) };
-            }
-        }
-        match self.scheduler.rendered(&peer, &job, frame, blend) {
-            Verdict::Accept => {
-                let upload = ExpectedUpload { job, frame, ext, size, blend, output: None };
-                for output in outputs {
-                    let extra = ExpectedUpload { size: output.size, output: Some(output.name), ..upload.clone() };
-                    self.blob_server.expect(peer, output.blob, extra);
-                }
-                self.blob_server.expect(peer, blob, upload);
-                WorkResponse::Upload
-            }
-            Verdict::Discard => WorkResponse::Discard,
         }
     }
 }

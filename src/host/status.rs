@@ -175,6 +175,27 @@ pub(super) fn report(jobs: Vec<JobReport>, peers: Vec<PeerReport>) -> StatusRepo
     StatusReport { jobs, peers }
 }
 
+impl super::Host {
+    /// Every job's progress and every volunteer's work, for `blenderdist status` and the dashboard.
+    pub(super) fn status_report(&self) -> crate::protocol::StatusReport {
+        let leases: HashMap<PeerId, Vec<(String, u32)>> =
+            self.tallies.peers().map(|peer| (*peer, self.scheduler.leases_of(peer))).collect();
+        let mut jobs = Vec::new();
+        for name in self.scheduler.jobs() {
+            let (Some(st), Some(file)) = (self.scheduler.status(name), self.jobs.blend_and_priority(name)) else {
+                continue;
+            };
+            let working = leases.values().filter(|l| l.iter().any(|(job, _)| job == name)).count();
+            jobs.push(job_report(name, file, &st, self.tallies.job_average(name), working));
+        }
+        for (name, error) in self.jobs.not_running() {
+            jobs.push(other_job(&name, error.as_deref()));
+        }
+        let peers = self.tallies.peer_reports(|peer| leases.get(peer).cloned().unwrap_or_default());
+        report(jobs, peers)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
