@@ -28,6 +28,8 @@ pub enum Command {
     Join(JoinArgs),
     /// Show a running host's jobs (progress, ETA) and volunteers.
     Status(StatusArgs),
+    /// Write shell completions or man pages (see scripts/install.sh).
+    Generate(GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -35,9 +37,45 @@ pub struct StatusArgs {
     /// The host: HOST, HOST:PORT or a multiaddr, as for `join`. Default: this machine's host on the default port.
     #[arg(value_name = "HOST")]
     pub host: Option<String>,
-    /// Print one JSON document (the schema is in docs/PROTOCOL.md) instead of the table.
+    /// Print one JSON document (the schema is in docs/PROTOCOL.md) instead of the tables; with --watch, one line
+    /// of JSON per report.
     #[arg(long)]
     pub json: bool,
+    /// Keep the report live, redrawn in place like `top`, until Ctrl-C.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Seconds between reports with --watch.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "watch", value_parser = parse_interval)]
+    pub interval: f64,
+}
+
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(secs),
+        Ok(_) => Err("give between 0.1 and 3600 seconds".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+/// What `blenderdist generate` writes; scripts/install.sh uses both.
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// Print a completion script for SHELL on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages into DIR: blenderdist.1 and one per command (blenderdist-host.1, ...).
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 impl StatusArgs {
@@ -176,6 +214,7 @@ impl HostArgs {
             release_dir: self.release_dir,
             blender: crate::host::owners_blender(self.blender),
             http: self.http,
+            finish: Default::default(),
         })
     }
 }

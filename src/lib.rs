@@ -17,6 +17,7 @@
 pub mod blender_scripts;
 pub mod blendfile;
 pub mod cli;
+pub mod generate;
 pub mod host;
 pub mod net;
 pub mod protocol;

@@ -20,9 +20,12 @@ fn main() -> std::process::ExitCode {
         };
     }
     let Some(command) = cli.command else {
-        eprintln!("blenderdist: give a command: host, join or status (see --help)");
+        eprintln!("blenderdist: give a command: host, join, status or generate (see --help)");
         return std::process::ExitCode::from(2);
     };
+    if let Command::Generate(args) = command {
+        return generate(args.what);
+    }
     let default = match cli.verbose {
         // `status` prints a report on stdout; its own progress would only clutter the terminal.
         0 if matches!(command, Command::Status(_)) => "warn",
@@ -46,6 +49,10 @@ fn main() -> std::process::ExitCode {
         match command {
             Command::Host(args) => blenderdist::host::run(args.into_config()?, shutdown).await,
             Command::Join(args) => blenderdist::worker::join(args.into_options()?, shutdown).await,
+            Command::Status(args) if args.watch => {
+                let every = std::time::Duration::from_secs_f64(args.interval);
+                blenderdist::status::watch(args.address()?, every, args.json, shutdown).await
+            }
             Command::Status(args) => {
                 let report = blenderdist::status::fetch(args.address()?).await?;
                 let text = if args.json {
@@ -56,6 +63,7 @@ fn main() -> std::process::ExitCode {
                 println!("{}", text.trim_end());
                 Ok(())
             }
+            Command::Generate(_) => Ok(()),
         }
     });
     match result {
@@ -65,6 +73,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `blenderdist generate`: completions on stdout, or man pages into a folder (their paths on stdout).
+fn generate(what: blenderdist::cli::Generate) -> std::process::ExitCode {
+    use blenderdist::cli::Generate;
+    match what {
+        Generate::Completions { shell } => blenderdist::generate::completions(shell, &mut std::io::stdout()),
+        Generate::Man { dir } => match blenderdist::generate::man_pages(&dir) {
+            Ok(pages) => pages.iter().for_each(|p| println!("{}", p.display())),
+            Err(e) => {
+                eprintln!("blenderdist: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 /// Resolves on SIGINT or SIGTERM, so the host and volunteers stop cleanly when asked.

@@ -154,3 +154,42 @@ fn join_says_why_it_cannot_reach_the_host() {
     }
     panic!("join did not say why it cannot reach the host within 30 s: {seen:#?}");
 }
+
+/// scripts/install.sh puts the program, man pages and completions where man-db and the shells look, all generated
+/// from the program's own options, and they work: `man` renders a page, bash completes an option.
+#[test]
+fn the_install_script_installs_completions_and_man_pages() {
+    let prefix = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{root}/scripts/install.sh"))
+        .args(["--prefix", prefix.path().to_str().unwrap(), "--bin", env!("CARGO_BIN_EXE_blenderdist")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let share = prefix.path().join("share");
+    assert!(prefix.path().join("bin/blenderdist").is_file());
+    for page in ["blenderdist", "blenderdist-host", "blenderdist-join", "blenderdist-status"] {
+        assert!(share.join(format!("man/man1/{page}.1")).is_file(), "{page}.1 installed");
+    }
+    for file in ["zsh/site-functions/_blenderdist", "fish/vendor_completions.d/blenderdist.fish"] {
+        assert!(share.join(file).is_file(), "{file} installed");
+    }
+
+    let page = Command::new("man")
+        .args(["-P", "cat", "blenderdist-join"])
+        .env("MANPATH", share.join("man"))
+        .env("MANWIDTH", "100")
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("--renderers") && page.contains("--name"), "man blenderdist-join: {page}");
+
+    let bash = share.join("bash-completion/completions/blenderdist");
+    let script = format!(
+        "source {}; COMP_WORDS=(blenderdist status --wa); COMP_CWORD=2; COMP_LINE='blenderdist status --wa'; \
+         COMP_POINT=${{#COMP_LINE}}; _blenderdist blenderdist --wa status; echo \"${{COMPREPLY[@]}}\"",
+        bash.display()
+    );
+    let words = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&words.stdout).trim(), "--watch", "bash completes `status --wa`");
+}

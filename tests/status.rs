@@ -64,10 +64,79 @@ async fn status_names_jobs_and_volunteers() {
 
     let addr_text = addr.to_string();
     let text = tokio::task::spawn_blocking(move || status(&addr_text, false)).await.unwrap();
-    assert!(text.lines().any(|l| l.starts_with("shot ") && l.contains("] ")), "{text}");
-    assert!(text.contains("/400 done"), "{text}");
-    assert!(text.contains("broken") && text.contains("invalid"), "{text}");
-    assert!(text.contains("alice-desktop (…"), "{text}");
+    let shot = text.lines().find(|l| l.contains(" shot ")).unwrap_or_default();
+    assert!(shot.contains("░ ") && shot.contains("/400") && shot.contains("rendering"), "{text}");
+    assert!(text.lines().any(|l| l.contains(" broken ") && l.contains("invalid")), "{text}");
+    assert!(text.contains("broken: line 2"), "the rejection reason follows the table: {text}");
+    assert!(text.lines().any(|l| l.contains(" alice-desktop ") && l.contains("3.4.1")), "{text}");
+}
+
+/// `status --watch` keeps reporting as the job moves, until the job is done, and its counts match the frames on
+/// disk; Ctrl-C ends it cleanly, and on a terminal it gives the screen back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_job_to_the_end() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"not really a blend").unwrap();
+    let (host, _stop_host) = start_host(&dirs).await;
+    let addr = host.addrs[0].to_string();
+    let renderer = FakeRenderer::new(Duration::from_millis(100));
+    let (_a, _stop_a) = start_fake_worker_with(dirs.cache("a"), host.addrs[0].clone(), renderer, caps("alice-desktop"));
+    write_job(&dirs.jobdir, "quick", "scene.blend", 1, 30);
+    let quick = dirs.renderdir.join("quick");
+
+    let reports = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_blenderdist"))
+            .args(["status", &addr, "--watch", "--json", "--interval", "0.2"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut reports: Vec<serde_json::Value> = Vec::new();
+        for line in std::io::BufReader::new(watch.stdout.take().unwrap()).lines() {
+            let report: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("one JSON document per line");
+            let done = report["jobs"][0]["state"] == "done";
+            let on_disk = files_in(&quick).len();
+            reports.push(report);
+            if done {
+                // Frames are stored before they count as done, so the last report matches the folder exactly.
+                assert_eq!(reports.last().unwrap()["jobs"][0]["frames_done"], on_disk, "{reports:?}");
+                break;
+            }
+            assert!(reports.len() < 1000, "the job never finished: {reports:?}");
+        }
+        interrupt(&watch);
+        let status = watch.wait().unwrap();
+        assert!(status.success(), "status --watch ends cleanly on Ctrl-C: {status}");
+        (reports, addr)
+    });
+    let (reports, addr) = tokio::time::timeout(LIMIT, reports).await.expect("the watch ends").unwrap();
+    let done: Vec<u64> = reports.iter().filter_map(|r| r["jobs"][0]["frames_done"].as_u64()).collect();
+    assert_eq!(done.last(), Some(&30), "{done:?}");
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {done:?}");
+    assert!(done.iter().any(|d| *d < 30), "the watch saw the job while it rendered: {done:?}");
+
+    // On a terminal (a pseudo-terminal made by `script`), the report is drawn on the alternate screen and Ctrl-C
+    // (here from `timeout -s INT`) restores the terminal.
+    let bin = env!("CARGO_BIN_EXE_blenderdist");
+    let inner = format!("timeout -s INT 3 {bin} status {addr} --watch --interval 0.5");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script").args(["-qec", &inner, "/dev/null"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("\x1b[?1049h"), "enters the alternate screen: {screen:?}");
+    assert!(screen.contains("blenderdist status /ip4/127.0.0.1/tcp/"), "{screen}");
+    assert!(screen.contains("30/30") && screen.contains("done"), "{screen}");
+    assert!(screen.contains("alice-desktop"), "{screen}");
+    assert!(screen.trim_end().ends_with("\x1b[?1049l"), "leaves the alternate screen at Ctrl-C: {screen:?}");
+}
+
+/// Sends SIGINT, as Ctrl-C in a terminal does.
+fn interrupt(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
 }
 
 #[test]
