@@ -15,6 +15,7 @@ use tokio::{
 };
 
 mod browser;
+mod real;
 
 const JOB: &str = "spring-shot";
 /// What the files outside RENDERDIR (and the symlink to one) hold; no answer may ever contain it.

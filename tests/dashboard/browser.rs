@@ -98,19 +98,19 @@ fn lightbox_shows(file: &str) -> String {
     )
 }
 
-fn on_path(program: &str) -> bool {
+pub(super) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// A headless Chromium and a DevTools connection to its one page.
-struct Browser {
+pub(super) struct Browser {
     _child: Child,
     page: WebSocket,
     next_id: u64,
 }
 
 impl Browser {
-    async fn launch(program: &str, profile: &Path) -> Self {
+    pub(super) async fn launch(program: &str, profile: &Path) -> Self {
         let mut child = Command::new(program)
             .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"])
             .args(["--window-size=1280,800", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"])
@@ -142,7 +142,7 @@ impl Browser {
     }
 
     /// Sends a DevTools command and returns its result.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(super) async fn call(&mut self, method: &str, params: Value) -> Value {
         let reply = self.send(method, params).await;
         assert!(reply.get("error").is_none(), "{method}: {reply}");
         reply["result"].clone()
@@ -165,7 +165,7 @@ impl Browser {
     }
 
     /// Evaluates a script expression in the page and returns its value.
-    async fn eval(&mut self, expression: &str) -> Value {
+    pub(super) async fn eval(&mut self, expression: &str) -> Value {
         let result = self.try_eval(expression).await;
         result.unwrap_or_else(|e| panic!("{expression}: {e}"))
     }
@@ -179,7 +179,7 @@ impl Browser {
     }
 
     /// Polls `condition` until it is true; while the page loads, an evaluation may fail, which counts as false.
-    async fn wait_for(&mut self, what: &str, condition: &str) {
+    pub(super) async fn wait_for(&mut self, what: &str, condition: &str) {
         let start = std::time::Instant::now();
         while self.try_eval(condition).await != Ok(json!(true)) {
             assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
@@ -258,7 +258,7 @@ impl WebSocket {
     }
 }
 
-fn base64_decode(text: &str) -> Vec<u8> {
+pub(super) fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| match c {
         b'A'..=b'Z' => c - b'A',
         b'a'..=b'z' => c - b'a' + 26,
