@@ -8,6 +8,7 @@ mod cli;
 mod control;
 mod dashboard;
 mod farm;
+mod finish;
 mod hostile;
 mod lan;
 mod projects;

@@ -247,6 +247,7 @@ impl Farm {
             release_dir: None,
             blender: None,
             http: None,
+            finish: Default::default(),
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         let addr = host.addrs[0].clone();

@@ -117,6 +117,7 @@ impl Host {
             if status.finished && self.report_finished(job) {
                 info!("job {job} finished: {} frames in {}", status.total, self.config.renderdir.join(job).display());
                 self.joblog.append(job, &format!("finished: {} frames", status.total));
+                self.job_ended(job, super::finish::JobEnd::Done);
             }
         }
     }

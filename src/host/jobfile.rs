@@ -1,7 +1,9 @@
 //! Job files: how the owner asks the farm to render something.
 //!
 //! The owner drops `NAME.job` into JOBDIR. Its first three lines are the .blend file (absolute, or relative to
-//! JOBDIR), the first frame and the last frame. Later lines are `key = value` options, blank lines or `#` comments.
+//! JOBDIR), the first frame and the last frame. Later lines are `key = value` options, blank lines or `#` comments:
+//! `priority = N`, and what to do when the job ends (see `host/finish.rs`): `notify = COMMAND`, `video = mp4` and
+//! `fps = N` for that video.
 //! The format is tiny and line-based so it can be written by hand, by a shell one-liner or in Notepad, which is why
 //! CRLF endings, a byte-order mark, blanks around values and blank lines at the end are all tolerated.
 //!
@@ -19,9 +21,13 @@ pub const MAX_FRAME: u32 = 1_048_574;
 pub const MAX_JOB_FRAMES: u32 = 1_000_000;
 /// Job files are a few lines long; a bigger file is something else misnamed, and is not worth reading into memory.
 pub const MAX_JOB_FILE_BYTES: u64 = 64 * 1024;
+/// Highest frame rate `fps =` accepts: beyond it the number is a typo, not a movie.
+pub const MAX_FPS: u32 = 1000;
+/// The options a job file may have, for the message about an unknown one.
+const KNOWN_OPTIONS: &str = "priority, notify, video, fps";
 
 /// One parsed job file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFile {
     /// The file name without `.job`; unique within JOBDIR, so it identifies the job.
     pub name: String,
@@ -31,6 +37,92 @@ pub struct JobFile {
     pub last: u32,
     /// Higher runs first; 0 unless the `priority` option says otherwise.
     pub priority: i32,
+    /// `notify = COMMAND`: a shell command the host runs when the job is done or failed (see `host/finish.rs`).
+    pub notify: Option<String>,
+    /// `video = mp4`: the finished frames are also assembled into `RENDERDIR/NAME.mp4`.
+    pub video: Option<VideoFormat>,
+    /// `fps = N`: the movie's frame rate, instead of the scene's.
+    pub fps: Option<FrameRate>,
+}
+
+/// The movie formats `video =` can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoFormat {
+    /// H.264 in an MP4 file: what every player and every chat or mail client shows.
+    Mp4,
+}
+
+impl VideoFormat {
+    /// The file extension, also the word the job file uses.
+    pub fn extension(self) -> &'static str {
+        match self {
+            VideoFormat::Mp4 => "mp4",
+        }
+    }
+}
+
+/// A frame rate as a reduced fraction, as Blender keeps it (`fps / fps_base`) and ffmpeg takes it (`30000/1001`):
+/// a decimal would turn NTSC's 29.97 into a rate that drifts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRate {
+    pub num: u32,
+    pub den: u32,
+}
+
+impl FrameRate {
+    /// `num/den` reduced, if it is a rate in (0, [`MAX_FPS`]].
+    pub fn new(num: u64, den: u64) -> Option<FrameRate> {
+        if num == 0 || den == 0 || num > u64::from(MAX_FPS) * den {
+            return None;
+        }
+        let g = gcd(num, den);
+        Some(FrameRate { num: u32::try_from(num / g).ok()?, den: u32::try_from(den / g).ok()? })
+    }
+
+    /// Parses `24`, `23.976` (up to 6 decimals) or `30000/1001`: plain digits only, as frame numbers are.
+    pub fn parse(text: &str) -> Option<FrameRate> {
+        let digits = |t: &str| !t.is_empty() && t.len() <= 9 && t.bytes().all(|b| b.is_ascii_digit());
+        if let Some((num, den)) = text.split_once('/') {
+            let (num, den) = (num.trim(), den.trim());
+            if !digits(num) || !digits(den) {
+                return None;
+            }
+            return FrameRate::new(num.parse().ok()?, den.parse().ok()?);
+        }
+        let (whole, frac) = match text.split_once('.') {
+            Some((whole, frac)) if frac.len() <= 6 && digits(frac) => (whole, frac),
+            Some(_) => return None,
+            None => (text, ""),
+        };
+        if !digits(whole) {
+            return None;
+        }
+        let scale = 10u64.pow(frac.len() as u32);
+        let frac = if frac.is_empty() { 0 } else { frac.parse::<u64>().ok()? };
+        FrameRate::new(whole.parse::<u64>().ok()? * scale + frac, scale)
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.num) / f64::from(self.den)
+    }
+}
+
+/// `24` or `30000/1001`, which is also how ffmpeg's `-framerate` takes it.
+impl fmt::Display for FrameRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.den == 1 {
+            write!(f, "{}", self.num)
+        } else {
+            write!(f, "{}/{}", self.num, self.den)
+        }
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// One of the three fixed lines. Each always sits on the same line, so errors about it need no separate line number.
@@ -91,12 +183,22 @@ pub enum JobFileError {
     AbsurdRange { first: u32, last: u32, frames: u64 },
     #[error("line {line}: {text:?} is not an option; options look like `key = value`")]
     MalformedOption { line: usize, text: String },
-    #[error("unknown option {key:?} on line {line} (the known options are: priority)")]
+    #[error("unknown option {key:?} on line {line} (the known options are: {KNOWN_OPTIONS})")]
     UnknownOption { key: String, line: usize },
     #[error("option {key:?} is set twice, on line {first} and line {line}")]
     DuplicateOption { key: String, first: usize, line: usize },
     #[error("line {line}: priority {value:?} is not a whole number from -2147483648 to 2147483647")]
     BadPriority { line: usize, value: String },
+    #[error("line {line}: notify needs a command, e.g. `notify = mail -s \"job done\" me@example.com </dev/null`")]
+    EmptyNotify { line: usize },
+    #[error("line {line}: the notify command has a control character in it")]
+    NotifyControl { line: usize },
+    #[error("line {line}: video {value:?} is not a format blenderdist can make (the only one is: mp4)")]
+    BadVideo { line: usize, value: String },
+    #[error(
+        "line {line}: fps {value:?} is not a frame rate like 24, 23.976 or 30000/1001 (above 0, at most {MAX_FPS})"
+    )]
+    BadFps { line: usize, value: String },
     #[error("the .blend file {} does not exist", path.display())]
     BlendMissing { path: PathBuf },
     #[error("the .blend file {} is a directory, not a file", path.display())]
@@ -131,8 +233,8 @@ pub fn parse_job_text(name: &str, text: &str, jobdir: &Path) -> Result<JobFile, 
         return Err(JobFileError::AbsurdRange { first, last, frames });
     }
 
-    let mut priority = 0;
-    let mut priority_line = None;
+    let mut job = JobFile { name: name.to_string(), blend: jobdir.join(blend), first, last, ..JobFile::default() };
+    let mut seen: Vec<(String, usize)> = Vec::new();
     for (line, raw) in (4..).zip(options) {
         if raw.is_empty() || raw.starts_with('#') {
             continue;
@@ -143,21 +245,37 @@ pub fn parse_job_text(name: &str, text: &str, jobdir: &Path) -> Result<JobFile, 
             return Err(JobFileError::MalformedOption { line, text });
         };
         let key = key.to_string();
-        match key.as_str() {
-            "priority" => {
-                if let Some(first) = priority_line {
-                    return Err(JobFileError::DuplicateOption { key, first, line });
-                }
-                priority_line = Some(line);
-                let value = value.to_string();
-                priority = value.parse().map_err(|_| JobFileError::BadPriority { line, value })?;
-            }
-            _ => return Err(JobFileError::UnknownOption { key, line }),
+        if let Some(&(_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            return Err(JobFileError::DuplicateOption { key, first, line });
         }
+        parse_option(&mut job, &key, value, line)?;
+        seen.push((key, line));
     }
+    Ok(job)
+}
 
-    let (name, blend) = (name.to_string(), jobdir.join(blend));
-    Ok(JobFile { name, blend, first, last, priority })
+/// Applies one `key = value` option line to `job`.
+fn parse_option(job: &mut JobFile, key: &str, value: &str, line: usize) -> Result<(), JobFileError> {
+    let value_text = || value.to_string();
+    match key {
+        "priority" => {
+            job.priority = value.parse().map_err(|_| JobFileError::BadPriority { line, value: value_text() })?;
+        }
+        "notify" if value.is_empty() => return Err(JobFileError::EmptyNotify { line }),
+        "notify" if value.chars().any(|c| c.is_control() && c != '\t') => {
+            return Err(JobFileError::NotifyControl { line })
+        }
+        "notify" => job.notify = Some(value.to_string()),
+        "video" => match value {
+            "mp4" => job.video = Some(VideoFormat::Mp4),
+            _ => return Err(JobFileError::BadVideo { line, value: value_text() }),
+        },
+        "fps" => {
+            job.fps = Some(FrameRate::parse(value).ok_or_else(|| JobFileError::BadFps { line, value: value_text() })?)
+        }
+        _ => return Err(JobFileError::UnknownOption { key: key.to_string(), line }),
+    }
+    Ok(())
 }
 
 /// Parses one frame number. Only plain decimal digits are accepted: `+5`, `1e3` or `1_000` are far more likely
@@ -266,6 +384,7 @@ pub fn scan_job_dir(jobdir: &Path) -> std::io::Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
     use JobFileError as E;
+    use VideoFormat::Mp4;
 
     /// Text, then either (blend, first, last, priority) or a part of the message, which must name the culprit.
     type Case = (&'static str, Result<(&'static str, u32, u32, i32), &'static str>);
@@ -303,7 +422,7 @@ mod tests {
         ("a.blend\n10\n3\n", Err("last frame 3 is before first frame 10")),
         ("a.blend\n0\n1000000\n", Err("range 0..=1000000 has 1000001 frames, more than the 1000000 a job may have")),
         ("a.blend\n0\n1048574\n", Err("range 0..=1048574 has 1048575 frames")),
-        ("a.blend\n1\n2\nfoo = 1\n", Err("unknown option \"foo\" on line 4 (the known options are: priority)")),
+        ("a.blend\n1\n2\nfoo = 1\n", Err("unknown option \"foo\" on line 4 (the known options are: priority, notify")),
         ("a.blend\n1\n2\n\nPriority=1\n", Err("unknown option \"Priority\" on line 5")),
         ("a\n1\n2\npriority 5\n", Err("line 4: \"priority 5\" is not an option; options look like `key = value`")),
         ("a.blend\n1\n2\n = 5\n", Err("line 4: \"= 5\" is not an option")),
@@ -326,6 +445,71 @@ mod tests {
                 (got, want) => panic!("text: {text:?}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// Option lines after `a\n1\n2\n`, then either (notify, video, fps as num/den) or a part of the message.
+    type OptionCase =
+        (&'static str, Result<(Option<&'static str>, Option<VideoFormat>, Option<(u32, u32)>), &'static str>);
+    #[rustfmt::skip]
+    const OPTION_CASES: &[OptionCase] = &[
+        ("", Ok((None, None, None))),
+        ("notify = mail -s done me@example.com", Ok((Some("mail -s done me@example.com"), None, None))),
+        ("notify=./hook.sh \"$BLENDERDIST_JOB\" = x", Ok((Some("./hook.sh \"$BLENDERDIST_JOB\" = x"), None, None))),
+        ("notify = echo a\tb  ", Ok((Some("echo a\tb"), None, None))),
+        ("video = mp4", Ok((None, Some(Mp4), None))),
+        ("video=mp4\r\nfps = 12", Ok((None, Some(Mp4), Some((12, 1))))),
+        ("fps = 23.976", Ok((None, None, Some((2997, 125))))),
+        ("fps = 30000/1001", Ok((None, None, Some((30000, 1001))))),
+        ("fps = 50/2", Ok((None, None, Some((25, 1))))),
+        ("fps = 0.5", Ok((None, None, Some((1, 2))))),
+        ("fps = 1000", Ok((None, None, Some((1000, 1))))),
+        ("priority = 3\nnotify = true\nvideo = mp4\nfps = 24", Ok((Some("true"), Some(Mp4), Some((24, 1))))),
+        ("notify =", Err("line 4: notify needs a command")),
+        ("\nnotify =   ", Err("line 5: notify needs a command")),
+        ("notify = echo \u{7}", Err("line 4: the notify command has a control character in it")),
+        ("notify = a\nnotify = b", Err("option \"notify\" is set twice, on line 4 and line 5")),
+        ("video = mov", Err("line 4: video \"mov\" is not a format blenderdist can make (the only one is: mp4)")),
+        ("video = MP4", Err("line 4: video \"MP4\" is not a format")),
+        ("video =", Err("line 4: video \"\" is not a format")),
+        ("video = mp4\n# x\nvideo = mp4", Err("option \"video\" is set twice, on line 4 and line 6")),
+        ("fps = 0", Err("line 4: fps \"0\" is not a frame rate like 24, 23.976 or 30000/1001 (above 0, at most 1000)")),
+        ("fps = 1001", Err("line 4: fps \"1001\" is not a frame rate")),
+        ("fps = -24", Err("line 4: fps \"-24\" is not a frame rate")),
+        ("fps = 24fps", Err("line 4: fps \"24fps\" is not a frame rate")),
+        ("fps = 1/0", Err("line 4: fps \"1/0\" is not a frame rate")),
+        ("fps = 24.", Err("line 4: fps \"24.\" is not a frame rate")),
+        ("fps = .5", Err("line 4: fps \".5\" is not a frame rate")),
+        ("fps = 1e3", Err("line 4: fps \"1e3\" is not a frame rate")),
+        ("fps = 23.9760001", Err("line 4: fps \"23.9760001\" is not a frame rate")),
+        ("fps = 99999999999/1", Err("line 4: fps \"99999999999/1\" is not a frame rate")),
+        ("fps =", Err("line 4: fps \"\" is not a frame rate")),
+        ("fps = 24\nfps = 25", Err("option \"fps\" is set twice, on line 4 and line 5")),
+        ("Video = mp4", Err("unknown option \"Video\" on line 4 (the known options are: priority, notify, video,")),
+    ];
+
+    #[test]
+    fn option_table() {
+        for &(options, want) in OPTION_CASES {
+            let text = format!("a\n1\n2\n{options}\n");
+            match (parse_job_text("job", &text, Path::new("/j")), want) {
+                (Ok(job), Ok((notify, video, fps))) => {
+                    let got = (job.notify.as_deref(), job.video, job.fps.map(|r| (r.num, r.den)));
+                    assert_eq!(got, (notify, video, fps), "options: {options:?}");
+                }
+                (Err(err), Err(part)) => assert!(err.to_string().contains(part), "options: {options:?}, got: {err}"),
+                (got, want) => panic!("options: {options:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn frame_rates_print_as_ffmpeg_takes_them() {
+        let cases =
+            [("24", "24"), ("23.976", "2997/125"), ("30000/1001", "30000/1001"), ("12.0", "12"), ("25/1", "25")];
+        for (text, want) in cases {
+            assert_eq!(FrameRate::parse(text).map(|r| r.to_string()).as_deref(), Some(want), "{text}");
+        }
+        assert_eq!(FrameRate::new(30_000_000, 1_001_000), Some(FrameRate { num: 30_000, den: 1001 }));
     }
 
     #[test]

@@ -55,6 +55,11 @@ impl JobTable {
         self.jobs.get(name).map(|j| (j.file.blend.display().to_string(), j.file.priority))
     }
 
+    /// The job file of an accepted job.
+    pub fn file(&self, name: &str) -> Option<&jobfile::JobFile> {
+        self.jobs.get(name).map(|j| &j.file)
+    }
+
     /// Job files that are not (yet) jobs: rejected ones with their reason, and those being prepared.
     pub fn not_running(&self) -> Vec<(String, Option<String>)> {
         let mut out: Vec<(String, Option<String>)> =

@@ -6,6 +6,7 @@
 
 pub mod blobs;
 mod dashboard;
+pub mod finish;
 mod frames;
 pub mod http;
 pub mod jobfile;
@@ -62,6 +63,8 @@ pub struct HostConfig {
     pub blender: Option<PathBuf>,
     /// Where to serve the dashboard; `None`: no dashboard.
     pub http: Option<std::net::SocketAddr>,
+    /// What runs when a job ends (`notify =`, `video =`): its time limit and the ffmpeg to use.
+    pub finish: finish::FinishConfig,
 }
 
 /// A running host, for tests and the binary alike.

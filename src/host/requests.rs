@@ -91,6 +91,7 @@ impl Host {
                 if let FailOutcome::JobFailed { reason } = outcome {
                     warn!("job {job} failed: {reason}");
                     self.joblog.append(&job, &format!("job failed: {reason}"));
+                    self.job_ended(&job, super::finish::JobEnd::Failed);
                 }
                 WorkResponse::Noted
             }

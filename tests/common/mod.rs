@@ -94,6 +94,7 @@ impl Dirs {
             release_dir: None,
             blender: None,
             http: None,
+            finish: Default::default(),
         }
     }
 }
