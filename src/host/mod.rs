@@ -2,7 +2,8 @@
 //! notices, receives frames over blob streams and writes them to RENDERDIR/NAME/ — durably, before acknowledging.
 //!
 //! Layout: [`jobfile`] parses job files, [`jobs`] reconciles the folder with the scheduler, [`blobs`] serves .blend
-//! files and receives frames, [`joblog`] writes `JOBDIR/NAME.log`. This file holds the event loop.
+//! files and receives frames, [`joblog`] writes `JOBDIR/NAME.log`, [`finish`] makes a job's movie and runs its
+//! `notify` command when it ends. This file holds the event loop.
 
 pub mod blobs;
 mod dashboard;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod jobfile;
 pub mod joblog;
 mod jobs;
+mod limited;
 mod owner;
 pub mod project;
 mod requests;
