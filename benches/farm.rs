@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! farm [overhead|scaling|dispatch|blob|memory|project|stalls]... [--quick] [--bin PATH] [--tmp DIR]
-//!      [--volunteers N] [--frames N] [--frame-ms N] [--peers N]
+//!      [--volunteers N] [--frames N] [--frame-ms N] [--peers N] [--verify F]
 //! ```
 //!
 //! No name runs all seven. The size options replace a benchmark's default sizes where it takes them (scaling:
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!(
                 "farm: {e}\nusage: farm [{}]... [--quick] [--bin PATH] [--tmp DIR] [--volunteers N] [--frames N] \
-                 [--frame-ms N] [--peers N]",
+                 [--frame-ms N] [--peers N] [--verify F]",
                 ALL.join("|")
             );
             return ExitCode::from(2);

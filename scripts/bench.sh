@@ -2,12 +2,13 @@
 # Runs blenderdist's benchmarks and prints a table (benchmark, measured, baseline, ratio, goal, met?); writes the same
 # table, the exact command, the date and the machine into docs/BENCHMARKS.md (between the bench:results markers).
 #
-#   scripts/bench.sh [--quick] [--volunteers N] [--frames N] [--frame-ms N] [--peers N] [--limit SECONDS]
+#   scripts/bench.sh [--quick] [--volunteers N] [--frames N] [--frame-ms N] [--peers N] [--verify F] [--limit SECONDS]
 #                    [overhead] [scaling] [dispatch] [blob] [memory] [project] [stalls]
 #
 # No name runs all seven. --quick uses smaller sizes while developing (its figures are not the ones to record).
 # The size options go to the benchmarks that take them (scaling: volunteers, frames, frame-ms; memory: peers,
-# frames; stalls: volunteers, frame-ms); --limit replaces each benchmark's hang guard (for larger sizes).
+# frames; stalls: volunteers, frame-ms); --verify F gives the scaling job `verify = F` (spot checks; off otherwise),
+# to measure what checks cost; --limit replaces each benchmark's hang guard (for larger sizes).
 # Builds once (`cargo build --release`: the binary and the benchmark binary benches/farm.rs) and reuses both.
 # Each benchmark has a time limit and stops by itself; temp files go to target/bench-tmp (the scaling benchmark
 # also uses /dev/shm) and are removed.
@@ -31,6 +32,11 @@ for ((i = 0; i < ${#args[@]}; i++)); do
       value="${args[i + 1]:-}"
       [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: $arg needs a positive whole number" >&2; exit 2; }
       if [[ "$arg" == --limit ]]; then limit_all="$value"; else sizes+=("$arg" "$value"); fi
+      i=$((i + 1)) ;;
+    --verify)
+      value="${args[i + 1]:-}"
+      [[ "$value" =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] || { echo "bench.sh: --verify needs a fraction from 0 to 1" >&2; exit 2; }
+      sizes+=("$arg" "$value")
       i=$((i + 1)) ;;
     -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;

@@ -62,6 +62,42 @@ pub const MAX_PROJECT_FILES: usize = 100_000;
 /// Longest path in a [`JobManifest`], in bytes.
 pub const MAX_PROJECT_PATH: usize = 4096;
 
+/// Longest text from a peer (an error report, a refusal's reason) that reaches a log line, the job log or the
+/// dashboard, after [`one_line`] has escaped it.
+pub const MAX_LOGGED_TEXT: usize = 1024;
+
+/// The shape of a token bucket: at most `burst` tokens, refilled at `per_sec` tokens a second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub burst: f64,
+    pub per_sec: f64,
+}
+
+/// Work requests one peer may send an owner. An honest volunteer sends far fewer: one claim per idle slot per offer
+/// (every 3 s) and one renewal per held frame every 5 s, about 26 a second for 64 slots. A peer over it is banned.
+pub const REQUEST_BUDGET: Rate = Rate { burst: 500.0, per_sec: 250.0 };
+/// Blob and update streams one peer may open to an owner. Volunteers pace their own opens to half this burst at
+/// this rate, so an honest one never exceeds it however many small files a job has; a peer over it is banned.
+pub const STREAM_BUDGET: Rate = Rate { burst: 1000.0, per_sec: 200.0 };
+/// Refused requests, garbage (undecodable requests, stream headers, gossip) and fetches of blobs it may not have
+/// that a peer may cause: 20 at once, one more every 3 s. An honest volunteer causes a few when a job changes
+/// under it; a peer over it is banned.
+pub const STRIKE_BUDGET: Rate = Rate { burst: 20.0, per_sec: 1.0 / 3.0 };
+/// A peer's first ban: its connections are closed and refused this long.
+pub const BAN_FIRST: std::time::Duration = std::time::Duration::from_secs(60);
+/// A peer banned again within [`BAN_MEMORY`] of its last ban's end is banned twice as long, up to this.
+pub const BAN_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a peer's past ban counts towards doubling the next.
+pub const BAN_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Connections one peer may hold to a node at once (a volunteer that dialled both its bootstrap address and an
+/// address mDNS found has two).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Incoming connections still in their handshake at once; more are closed at once (they last at most the
+/// handshake timeout, 10 s, and honest volunteers redial).
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Connections a node holds in total unless configured otherwise (`NetConfig::max_peers`).
+pub const DEFAULT_MAX_PEERS: u32 = 2000;
+
 /// A sha256 digest naming a blob.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlobHash(pub [u8; 32]);

@@ -32,7 +32,15 @@ impl Session {
     /// Connects with a throwaway identity: it claims nothing, so the host never counts it as a volunteer.
     fn open(addr: Multiaddr) -> anyhow::Result<Self> {
         let keypair = libp2p::identity::Keypair::generate_ed25519();
-        let config = NetConfig { keypair, is_host: false, listen: vec![], bootstrap: vec![addr.clone()], mdns: false };
+        let max_peers = crate::protocol::DEFAULT_MAX_PEERS;
+        let config = NetConfig {
+            keypair,
+            is_host: false,
+            listen: vec![],
+            bootstrap: vec![addr.clone()],
+            mdns: false,
+            max_peers,
+        };
         let (client, events) = net::spawn(config)?;
         Ok(Session { addr, client, events, host: None })
     }
@@ -255,7 +263,8 @@ fn jobs_table(jobs: &[JobReport]) -> Table {
 fn peers_table(peers: &[PeerReport]) -> Table {
     let mut table = new_table(&["volunteer", "peer", "Blender", "done", "per frame", "rendering now"]);
     for peer in peers {
-        let id = &peer.id[peer.id.len().saturating_sub(8)..];
+        // The id's last 8 characters, not bytes: the host sends any text (a byte offset could split a character).
+        let id: String = peer.id.chars().skip(peer.id.chars().count().saturating_sub(8)).collect();
         let now: Vec<String> = peer.rendering.iter().map(|f| format!("{} frame {}", f.job, f.frame)).collect();
         table.add_row(vec![
             Cell::new(&peer.name),
@@ -330,6 +339,23 @@ fn duration(secs: f64) -> String {
 mod tests {
     use super::*;
     use crate::protocol::{FrameRef, JobReport, PeerReport};
+
+    /// Found by fuzz/fuzz_targets/work_response.rs: a peer id from the host with a multi-byte character 8 bytes from
+    /// its end panicked `status` (it was cut at a byte offset).
+    #[test]
+    fn peer_ids_are_cut_on_characters() {
+        let peer = |id: &str| PeerReport {
+            id: id.into(),
+            name: "bob".into(),
+            blender: None,
+            frames_done: 0,
+            rendering: vec![],
+            avg_frame_seconds: None,
+        };
+        let report = StatusReport { jobs: vec![], peers: vec![peer("12D3KooWDpJ7YKD\u{feff}kx6nXTN"), peer("é")] };
+        let text = to_text(&report);
+        assert!(text.contains("…\u{feff}kx6nXTN") && text.contains("…é"), "{text}");
+    }
 
     #[test]
     fn text_and_json() {

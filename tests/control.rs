@@ -229,6 +229,7 @@ async fn a_volunteer_with_several_renderers_renders_frames_at_once() {
         renderers: 4,
         updater: None,
         caps: None,
+        patience: Default::default(),
     };
     let _w = blenderdist::worker::start(config, renderer.clone(), shutdown).unwrap();
     wait_until("all frames", LIMIT, || count(&dirs.renderdir.join("n")) == 8).await;

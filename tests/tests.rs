@@ -4,6 +4,7 @@ mod common;
 
 mod blender_e2e;
 mod blender_faults;
+mod bounded;
 mod cli;
 mod control;
 mod dashboard;
@@ -11,6 +12,8 @@ mod farm;
 mod finish;
 mod hostile;
 mod lan;
+mod peer_text;
 mod projects;
 mod status;
 mod update;
+mod verify;

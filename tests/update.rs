@@ -193,6 +193,7 @@ async fn two_nodes(
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: vec![],
         mdns: false,
+        max_peers: blenderdist::protocol::DEFAULT_MAX_PEERS,
     })
     .unwrap();
     let addr = loop {
@@ -202,8 +203,10 @@ async fn two_nodes(
     };
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let server = BlobServer::new(dir.join("host-tmp"), tx).unwrap();
-    server.spawn(host.streams()).unwrap();
+    // Serves update manifests and builds only, which need nobody's lease: no access question is ever asked.
+    let (access, _) = tokio::sync::mpsc::channel(1);
+    let server = BlobServer::new(dir.join("host-tmp"), tx, access).unwrap();
+    server.spawn(&host).unwrap();
     server.serve_updates(sign(&key, &manifest_for(hash, 0)).unwrap(), vec![(hash, served)]);
     let (volunteer, mut vevents) = net::spawn(NetConfig {
         keypair: libp2p::identity::Keypair::generate_ed25519(),
@@ -211,6 +214,7 @@ async fn two_nodes(
         listen: vec![],
         bootstrap: vec![addr],
         mdns: false,
+        max_peers: blenderdist::protocol::DEFAULT_MAX_PEERS,
     })
     .unwrap();
     let host_id = host.peer_id();

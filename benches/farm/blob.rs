@@ -191,6 +191,7 @@ impl BlobPair {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             bootstrap: vec![],
             mdns: false,
+            max_peers: blenderdist::protocol::DEFAULT_MAX_PEERS,
         })?;
         let addr = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(event) = events.recv().await {
@@ -204,9 +205,16 @@ impl BlobPair {
         .context("the serving node did not start listening")?;
         drain(events);
         let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(1);
-        let blob_server = BlobServer::new(dir.join("server-tmp"), arrivals_tx)?;
+        // No scheduler here: the fetching node may have every blob.
+        let (access_tx, mut access) = tokio::sync::mpsc::channel::<blenderdist::host::blobs::AccessQuestion>(16);
+        tokio::spawn(async move {
+            while let Some(question) = access.recv().await {
+                let _ = question.reply.send(true);
+            }
+        });
+        let blob_server = BlobServer::new(dir.join("server-tmp"), arrivals_tx, access_tx)?;
         blob_server.serve_job("bench", vec![(hash, src.to_path_buf())]);
-        blob_server.spawn(server.streams())?;
+        blob_server.spawn(&server)?;
 
         let (client, events) = net::spawn(NetConfig {
             keypair: Keypair::generate_ed25519(),
@@ -214,6 +222,7 @@ impl BlobPair {
             listen: vec![],
             bootstrap: vec![addr.with(Protocol::P2p(server.peer_id()))],
             mdns: false,
+            max_peers: blenderdist::protocol::DEFAULT_MAX_PEERS,
         })?;
         drain(events);
         let peer = server.peer_id();

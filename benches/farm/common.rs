@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use blenderdist::{
     host::{self, HostConfig, RunningHost},
     worker::{
@@ -35,6 +35,8 @@ pub struct Opts {
     pub frames: Option<u32>,
     pub frame_ms: Option<u64>,
     pub peers: Option<usize>,
+    /// The scaling benchmark's job's `verify =` fraction (`--verify`).
+    pub verify: Option<f64>,
 }
 
 impl Opts {
@@ -49,6 +51,7 @@ impl Opts {
             frames: None,
             frame_ms: None,
             peers: None,
+            verify: None,
         };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
@@ -62,6 +65,12 @@ impl Opts {
                 "--frames" => opts.frames = Some(count(args.next(), "--frames")?),
                 "--frame-ms" => opts.frame_ms = Some(count(args.next(), "--frame-ms")?),
                 "--peers" => opts.peers = Some(count(args.next(), "--peers")?),
+                "--verify" => {
+                    let text = args.next().context("--verify needs a fraction")?;
+                    let fraction: f64 = text.parse().with_context(|| format!("--verify {text}: not a number"))?;
+                    ensure!((0.0..=1.0).contains(&fraction), "--verify takes a fraction from 0 to 1");
+                    opts.verify = Some(fraction);
+                }
                 flag if flag.starts_with('-') => bail!("unknown option {flag}"),
                 name => opts.names.push(name.to_string()),
             }
@@ -153,10 +162,23 @@ pub async fn wait_for(
     Ok(())
 }
 
-/// Writes a job file atomically: a temp name that does not end in `.job`, then a rename.
+/// Writes a job file atomically (a temp name that does not end in `.job`, then a rename), with spot checks off:
+/// the benchmarks measure the farm itself; the scaling benchmark's `--verify` measures what checks cost.
 pub fn write_job(jobdir: &Path, name: &str, blend: &str, first: u32, last: u32) -> anyhow::Result<()> {
+    write_job_with(jobdir, name, blend, first, last, "verify = 0\n")
+}
+
+/// [`write_job`] with `options` (`key = value` lines) after the three lines.
+pub fn write_job_with(
+    jobdir: &Path,
+    name: &str,
+    blend: &str,
+    first: u32,
+    last: u32,
+    options: &str,
+) -> anyhow::Result<()> {
     let tmp = jobdir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, format!("{blend}\n{first}\n{last}\n"))?;
+    std::fs::write(&tmp, format!("{blend}\n{first}\n{last}\n{options}"))?;
     std::fs::rename(&tmp, jobdir.join(format!("{name}.job")))?;
     Ok(())
 }
@@ -279,6 +301,7 @@ impl Farm {
             renderers: 1,
             updater: None,
             caps: None,
+            patience: Default::default(),
         };
         worker::start(config, renderer, self.stop.clone().cancelled_owned())?;
         self.volunteers += 1;

@@ -116,6 +116,7 @@ async fn connect_peers(addr: &Multiaddr, host: PeerId, count: usize) -> anyhow::
             listen: vec![],
             bootstrap: vec![addr.clone()],
             mdns: false,
+            max_peers: blenderdist::protocol::DEFAULT_MAX_PEERS,
         })?;
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         peers.push(client);

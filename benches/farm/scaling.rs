@@ -37,6 +37,8 @@ struct Sizes {
     volunteers: usize,
     frames: u32,
     frame_time: Duration,
+    /// The job's `verify =` fraction (`--verify`; 0 unless given, so the figures measure the farm without checks).
+    verify: f64,
 }
 
 impl Sizes {
@@ -51,8 +53,9 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         volunteers: opts.volunteers.unwrap_or(VOLUNTEERS),
         frames: opts.frames.unwrap_or(if opts.quick { 500 } else { 2000 }),
         frame_time: Duration::from_millis(opts.frame_ms.unwrap_or(FRAME_MS)),
+        verify: opts.verify.unwrap_or(0.0),
     };
-    let Sizes { volunteers, frames, frame_time } = sizes;
+    let Sizes { volunteers, frames, frame_time, .. } = sizes;
     let runs = if opts.quick { 1 } else { 3 };
     let ideal = sizes.ideal();
     let shm = Path::new("/dev/shm").is_dir().then(|| Path::new("/dev/shm"));
@@ -180,7 +183,7 @@ fn volunteer_dir(shm: Option<&Path>, beside: &Path) -> anyhow::Result<tempfile::
 /// One farm with the host under `root` and the volunteers' caches under `caches`, one job; returns its makespan and
 /// notes where the time went.
 async fn measure(bin: &Path, root: &Path, caches: &Path, sizes: Sizes, label: &str) -> anyhow::Result<Duration> {
-    let Sizes { volunteers, frames, frame_time } = sizes;
+    let Sizes { volunteers, frames, frame_time, verify } = sizes;
     let mut farm = Farm::start_host_process(bin, root, caches)?;
     let host_pid = farm.host_proc.as_ref().map(|p| p.pid()).context("no host process")?;
     common::write_fake_blend(&farm.jobdir.join("scene.blend"), 64 * 1024, 1)?;
@@ -193,7 +196,7 @@ async fn measure(bin: &Path, root: &Path, caches: &Path, sizes: Sizes, label: &s
     let connect = t_connect.elapsed();
 
     let mut log = LogTail::new(farm.jobdir.join("scale.log"));
-    common::write_job(&farm.jobdir, "scale", "scene.blend", 1, frames)?;
+    common::write_job_with(&farm.jobdir, "scale", "scene.blend", 1, frames, &format!("verify = {verify}\n"))?;
     let (t0, cpu0, host0) = (Instant::now(), own_cpu_secs(), cpu_secs_of(host_pid));
     common::wait_for("the job to finish", limit(sizes), Duration::from_millis(2), || {
         log.saw_line_starting("finished:")
@@ -242,7 +245,7 @@ fn describe(
     label: &str,
     (connect, cpu, host_cpu): (Duration, f64, f64),
 ) {
-    let Sizes { volunteers, frames, frame_time } = sizes;
+    let Sizes { volunteers, frames, frame_time, .. } = sizes;
     let starts: Vec<Vec<Instant>> = renderers.iter().map(|r| r.starts()).collect();
     let all: Vec<Instant> = starts.iter().flatten().copied().collect();
     let (Some(first), Some(last)) = (all.iter().min(), all.iter().max()) else { return };

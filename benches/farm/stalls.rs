@@ -78,6 +78,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
             renderers: 1,
             updater: None,
             caps: None,
+            patience: Default::default(),
         };
         worker::start(config, renderer.clone(), stop.clone().cancelled_owned())?;
     }
@@ -264,6 +265,7 @@ async fn probe(
         listen: vec![],
         bootstrap: vec![addr],
         mdns: false,
+        max_peers: blenderdist::protocol::DEFAULT_MAX_PEERS,
     })?;
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     let start = Instant::now();

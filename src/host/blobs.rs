@@ -1,6 +1,11 @@
 //! The host's side of the blob protocol: serves .blend files by hash, and receives the frames it asked volunteers
 //! to upload. A frame is streamed to a temp file beside RENDERDIR's job folders and verified against its hash
 //! before the event loop moves it into place; a peer can only upload a blob the host asked it for.
+//!
+//! A job's files (its manifest, .blend and dependencies) go only to peers that hold a lease on a frame of that job:
+//! the event loop answers an [`AccessQuestion`] for each fetch. Update manifests and builds are signed and public,
+//! and go to anyone. Every stream is charged to its peer's budget, and junk headers, refused fetches and unasked
+//! uploads count as strikes (see `net::budget`).
 
 use std::{
     collections::HashMap,
@@ -18,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
+    net::{Client, PeerBudgets},
     protocol::{
         read_header, write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest,
         BLOB_PROTOCOL, MAX_MANIFEST, UPDATE_PROTOCOL,
@@ -27,6 +33,17 @@ use crate::{
 
 /// How long a peer may take to send the first header of a stream; junk and half-open streams are dropped after it.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The refusal a peer without a lease gets when it asks for a job's file.
+pub const NOT_GRANTED: &str = "this host serves a job's files only to volunteers it granted a frame of that job";
+
+/// Asked of the host's event loop before a job's file is served: does `peer` hold a lease on a frame of one of
+/// `jobs` (the jobs that list the file)?
+pub struct AccessQuestion {
+    pub peer: PeerId,
+    pub jobs: Vec<String>,
+    pub reply: oneshot::Sender<bool>,
+}
 
 /// A frame the host agreed to receive.
 #[derive(Debug, Clone)]
@@ -40,6 +57,9 @@ pub struct ExpectedUpload {
     /// A file a File Output node wrote for the frame, with its checked name under the job's render folder; `None`
     /// for the frame itself.
     pub output: Option<String>,
+    /// A copy of a frame that is already stored, rendered by another volunteer for a spot check: it is compared
+    /// with the stored frame, never stored.
+    pub check: bool,
 }
 
 /// A verified frame waiting in the temp folder for the event loop to store it.
@@ -69,6 +89,8 @@ struct Shared {
     builds: Mutex<HashMap<BlobHash, PathBuf>>,
     /// Uploads in progress per peer, bounded so one volunteer cannot fill the disk with parallel uploads.
     uploading: Mutex<HashMap<PeerId, usize>>,
+    /// Where the event loop is asked who may fetch a job's files.
+    access: mpsc::Sender<AccessQuestion>,
 }
 
 /// Uploads one volunteer may stream at once (its render slots rarely need more than one each).
@@ -105,8 +127,13 @@ impl Drop for UploadSlot<'_> {
 }
 
 impl BlobServer {
-    /// `temp_dir` must be on the same file system as the render folder, so frames are renamed into place.
-    pub fn new(temp_dir: PathBuf, arrivals: mpsc::Sender<FrameArrived>) -> anyhow::Result<Self> {
+    /// `temp_dir` must be on the same file system as the render folder, so frames are renamed into place. Every
+    /// fetch of a job's file waits for an answer on `access`.
+    pub fn new(
+        temp_dir: PathBuf,
+        arrivals: mpsc::Sender<FrameArrived>,
+        access: mpsc::Sender<AccessQuestion>,
+    ) -> anyhow::Result<Self> {
         // Anything left there is a partial upload from before a crash.
         let _ = std::fs::remove_dir_all(&temp_dir);
         std::fs::create_dir_all(&temp_dir)
@@ -121,6 +148,7 @@ impl BlobServer {
                 uploading: Mutex::default(),
                 manifest: Mutex::default(),
                 builds: Mutex::default(),
+                access,
             }),
         })
     }
@@ -175,18 +203,24 @@ impl BlobServer {
         lock(&self.inner.expected).retain(|(p, _), _| p != peer);
     }
 
-    /// Accepts blob and update streams until the network stops.
-    pub fn spawn(&self, mut control: libp2p_stream::Control) -> anyhow::Result<()> {
+    /// Accepts blob and update streams until the network stops. Each stream is charged to its peer's budget; one
+    /// over it is dropped unanswered (and the peer banned by the network).
+    pub fn spawn(&self, client: &Client) -> anyhow::Result<()> {
+        // Neither keeps the network running: the tasks end with it.
+        let (mut control, budgets) = (client.streams(), client.budgets());
         let mut blobs =
             control.accept(BLOB_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept blob streams: {e}"))?;
         let mut updates =
             control.accept(UPDATE_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept update streams: {e}"))?;
-        let server = self.clone();
+        let (server, blob_budgets) = (self.clone(), budgets.clone());
         tokio::spawn(async move {
             while let Some((peer, stream)) = blobs.next().await {
-                let server = server.clone();
+                if !blob_budgets.admit_stream(peer) {
+                    continue;
+                }
+                let (server, budgets) = (server.clone(), blob_budgets.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = server.handle(peer, stream).await {
+                    if let Err(e) = server.handle(&budgets, peer, stream).await {
                         debug!(%peer, "blob stream ended: {e}");
                     }
                 });
@@ -195,9 +229,12 @@ impl BlobServer {
         let server = self.clone();
         tokio::spawn(async move {
             while let Some((peer, stream)) = updates.next().await {
-                let server = server.clone();
+                if !budgets.admit_stream(peer) {
+                    continue;
+                }
+                let (server, budgets) = (server.clone(), budgets.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = server.handle_update(peer, stream).await {
+                    if let Err(e) = server.handle_update(&budgets, peer, stream).await {
                         debug!(%peer, "update stream ended: {e}");
                     }
                 });
@@ -206,8 +243,27 @@ impl BlobServer {
         Ok(())
     }
 
-    async fn handle_update(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request: UpdateRequest = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream)).await??;
+    /// Reads a stream's first header; a peer that sends junk or nothing in time gets a strike.
+    async fn first_header<T: for<'de> serde::Deserialize<'de>>(
+        budgets: &PeerBudgets,
+        peer: PeerId,
+        stream: &mut Stream,
+    ) -> anyhow::Result<T> {
+        match tokio::time::timeout(HEADER_TIMEOUT, read_header(stream)).await {
+            Ok(Ok(header)) => Ok(header),
+            Ok(Err(e)) => {
+                budgets.strike(peer);
+                Err(e.into())
+            }
+            Err(e) => {
+                budgets.strike(peer);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn handle_update(&self, budgets: &PeerBudgets, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
+        let request: UpdateRequest = Self::first_header(budgets, peer, &mut stream).await?;
         match request {
             UpdateRequest::Manifest => {
                 let manifest = lock(&self.inner.manifest).clone();
@@ -217,25 +273,63 @@ impl BlobServer {
             }
             UpdateRequest::Build { hash } => {
                 let path = lock(&self.inner.builds).get(&hash).cloned();
+                if path.is_none() {
+                    budgets.strike(peer);
+                }
                 self.send_file_as(peer, hash, path, stream).await
             }
         }
     }
 
-    async fn handle(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request: BlobRequest = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream)).await??;
+    async fn handle(&self, budgets: &PeerBudgets, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
+        let request: BlobRequest = Self::first_header(budgets, peer, &mut stream).await?;
         let reply = match request {
-            BlobRequest::Get { hash } => return self.send_blob(peer, hash, stream).await,
+            BlobRequest::Get { hash } => return self.send_blob(budgets, peer, hash, stream).await,
             BlobRequest::Put { hash, size } => self.receive_frame(peer, hash, size, &mut stream).await,
         };
+        if matches!(reply, BlobReply::Refused { .. }) {
+            budgets.strike(peer);
+        }
         write_header(&mut stream, &reply).await?;
         stream.close().await?;
         Ok(())
     }
 
-    async fn send_blob(&self, peer: PeerId, hash: BlobHash, stream: Stream) -> anyhow::Result<()> {
-        let path = lock(&self.inner.served).values().find_map(|blobs| blobs.get(&hash)).cloned();
+    /// Serves a job's file to a peer holding a lease on a frame of a job that lists it; refuses it to others.
+    async fn send_blob(
+        &self,
+        budgets: &PeerBudgets,
+        peer: PeerId,
+        hash: BlobHash,
+        mut stream: Stream,
+    ) -> anyhow::Result<()> {
+        let (path, jobs) = {
+            let served = lock(&self.inner.served);
+            let jobs: Vec<String> =
+                served.iter().filter(|(_, blobs)| blobs.contains_key(&hash)).map(|(j, _)| j.clone()).collect();
+            let path = jobs.first().and_then(|job| served.get(job)).and_then(|blobs| blobs.get(&hash)).cloned();
+            (path, jobs)
+        };
+        if path.is_some() && !self.may_fetch(peer, jobs).await {
+            budgets.strike(peer);
+            debug!(%peer, "refused blob {}: the peer holds no lease on a job that lists it", hash.short());
+            write_header(&mut stream, &BlobReply::Refused { reason: NOT_GRANTED.into() }).await?;
+            stream.close().await?;
+            return Ok(());
+        }
+        if path.is_none() {
+            budgets.strike(peer);
+        }
         self.send_file_as(peer, hash, path, stream).await
+    }
+
+    /// Asks the event loop whether `peer` holds a lease on a frame of one of `jobs`; no answer means no.
+    async fn may_fetch(&self, peer: PeerId, jobs: Vec<String>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.access.send(AccessQuestion { peer, jobs, reply }).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 
     /// Answers `Found` and streams the file, or `Missing`.
@@ -265,7 +359,8 @@ impl BlobServer {
             };
         };
         let Some(upload) = self.take_expected(peer, hash) else {
-            warn!("{peer} tried to upload blob {} that the host did not ask for", hash.short());
+            // Debug only: a peer sending many must not fill the log (it is banned for the strikes instead).
+            debug!("{peer} tried to upload blob {} that the host did not ask for", hash.short());
             return BlobReply::Refused { reason: "this host did not ask for that blob".into() };
         };
         if size != upload.size {
@@ -292,6 +387,16 @@ impl BlobServer {
             Ok(Err(reason)) => BlobReply::Refused { reason },
             Err(_) => BlobReply::Refused { reason: "the host is shutting down".into() },
         }
+    }
+}
+
+impl super::Host {
+    /// Answers an [`AccessQuestion`] from the scheduler's current leases.
+    pub(super) fn answer_access(&self, question: AccessQuestion) {
+        let AccessQuestion { peer, jobs, reply } = question;
+        let granted = self.scheduler.leases_of(&peer).iter().any(|(job, _)| jobs.contains(job))
+            || self.verifier.jobs_leased_to(&peer).iter().any(|job| jobs.iter().any(|j| j == job));
+        let _ = reply.send(granted);
     }
 }
 

@@ -17,7 +17,9 @@ OUT.json:
                  or other (other = only bpy.utils.blend_paths() knew it)
   missing        [{"path", "kind", "used_by"}] referenced but absent on this machine
   cache_folders  folders included whole (point, fluid and ocean caches)
-  scenes         {"engine", "denoising", "file_outputs", "sequencer"} of the scene that renders
+  scenes         {"engine", "denoising", "file_outputs", "sequencer", "resolution"} of the scene that renders;
+                 resolution is [width, height] of its frames, or null when a crop to the render border makes
+                 it depend on the frame
 
 Paths are absolute and normalised with os.path.normpath (symlinks are kept). Blender 3.4 on Linux turns
 every backslash of a stored path into '/' (at load time, and again in BLI_path_abs), so this does the
@@ -449,8 +451,13 @@ class Tracer:
         se = scene.sequence_editor
         sequencer = bool(r.use_sequencer and se is not None
                          and any(s.type != "SOUND" for s in se.sequences))
+        # BKE_render_resolution: the size in pixels is the integer part of size × percentage / 100.
+        resolution = None
+        if not (r.use_border and r.use_crop_to_border):
+            resolution = [r.resolution_x * r.resolution_percentage // 100,
+                          r.resolution_y * r.resolution_percentage // 100]
         return {"engine": engine, "denoising": bool(denoising), "file_outputs": file_outputs,
-                "sequencer": sequencer}
+                "sequencer": sequencer, "resolution": resolution}
 
     # -- all -----------------------------------------------------------------------------------------------
 

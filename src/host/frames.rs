@@ -42,8 +42,8 @@ pub struct FrameQueue {
 }
 
 impl Host {
-    /// A verified frame is in the temp folder: it joins the next batch.
-    pub(super) fn on_frame_arrived(&mut self, arrival: FrameArrived, stored: &mpsc::Sender<StoredBatch>) {
+    /// A checked frame is in the temp folder: it joins the next batch.
+    pub(super) fn queue_frame(&mut self, arrival: FrameArrived, stored: &mpsc::Sender<StoredBatch>) {
         self.frames.waiting.push(arrival);
         if !self.frames.storing {
             self.store_waiting(stored);
@@ -55,7 +55,8 @@ impl Host {
         let mut batch = Vec::new();
         for FrameArrived { peer, upload, temp, reply } in std::mem::take(&mut self.frames.waiting) {
             let ExpectedUpload { job, frame, blend, .. } = &upload;
-            if self.scheduler.rendered(&peer, job, *frame, *blend) == Verdict::Discard {
+            if self.verifier.is_banned(&peer) || self.scheduler.rendered(&peer, job, *frame, *blend) == Verdict::Discard
+            {
                 let _ = std::fs::remove_file(&temp);
                 let _ = reply.send(Err(format!("frame {frame} of {job} is no longer wanted")));
                 continue;
@@ -78,7 +79,7 @@ impl Host {
     }
 
     /// Where an upload goes: `RENDERDIR/JOB/NNNN.EXT`, or a File Output file under its checked name.
-    fn target_of(&self, upload: &ExpectedUpload) -> PathBuf {
+    pub(super) fn target_of(&self, upload: &ExpectedUpload) -> PathBuf {
         let dir = self.config.renderdir.join(&upload.job);
         match &upload.output {
             Some(name) => name.split('/').fold(dir, |p, c| p.join(c)),
@@ -101,7 +102,7 @@ impl Host {
     }
 
     fn frame_done(&mut self, peer: PeerId, upload: &ExpectedUpload, target: &Path) {
-        let ExpectedUpload { job, frame, blend, .. } = upload;
+        let ExpectedUpload { job, frame, blend, ext, .. } = upload;
         for recall in self.scheduler.frame_stored(job, *frame, *blend) {
             debug!("frame {} of {} done elsewhere; {} may stop", recall.frame, recall.job, recall.peer);
         }
@@ -113,6 +114,7 @@ impl Host {
         }
         info!("frame {frame} of {job} done by {by} in {took:.1} s: {}", target.display());
         self.joblog.append(job, &format!("frame {frame} done by {by} in {took:.1} s"));
+        self.maybe_check(peer, job, *frame, *blend, ext);
         if let Some(status) = self.scheduler.status(job) {
             if status.finished && self.report_finished(job) {
                 info!("job {job} finished: {} frames in {}", status.total, self.config.renderdir.join(job).display());
@@ -152,8 +154,13 @@ fn store_batch(batch: Vec<Storing>, state: &Arc<StateStore>) -> StoredBatch {
     // Every frame whose file is in place, recorded in one commit (File Output files are not frames).
     let frames: Vec<usize> =
         (0..batch.len()).filter(|&i| results[i].is_ok() && batch[i].upload.output.is_none()).collect();
-    let keys: Vec<(String, u32, crate::protocol::BlobHash)> =
-        frames.iter().map(|&i| (batch[i].upload.job.clone(), batch[i].upload.frame, batch[i].upload.blend)).collect();
+    let keys: Vec<(String, u32, crate::protocol::BlobHash, Vec<u8>)> = frames
+        .iter()
+        .map(|&i| {
+            let (upload, by) = (&batch[i].upload, batch[i].peer.to_bytes());
+            (upload.job.clone(), upload.frame, upload.blend, by)
+        })
+        .collect();
     for (&i, answer) in frames.iter().zip(state.mark_done_batch(&keys)) {
         if let Err(e) = answer {
             let ExpectedUpload { job, frame, .. } = &batch[i].upload;

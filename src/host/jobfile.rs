@@ -24,7 +24,9 @@ pub const MAX_JOB_FILE_BYTES: u64 = 64 * 1024;
 /// Highest frame rate `fps =` accepts: beyond it the number is a typo, not a movie.
 pub const MAX_FPS: u32 = 1000;
 /// The options a job file may have, for the message about an unknown one.
-const KNOWN_OPTIONS: &str = "priority, notify, video, fps";
+const KNOWN_OPTIONS: &str = "priority, notify, video, fps, verify";
+/// The share of a volunteer's frames another volunteer renders again, unless `verify =` says otherwise.
+pub const DEFAULT_VERIFY: f64 = 0.05;
 
 /// One parsed job file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +45,16 @@ pub struct JobFile {
     pub video: Option<VideoFormat>,
     /// `fps = N`: the movie's frame rate, instead of the scene's.
     pub fps: Option<FrameRate>,
+    /// `verify = FRACTION`, in millionths: the share of each volunteer's frames rendered again by another one to
+    /// check them (a volunteer's first frame of the job always is, unless it is 0). `None`: [`DEFAULT_VERIFY`].
+    pub verify_ppm: Option<u32>,
+}
+
+impl JobFile {
+    /// The `verify =` fraction, from 0 (no checks) to 1 (every frame).
+    pub fn verify(&self) -> f64 {
+        self.verify_ppm.map_or(DEFAULT_VERIFY, |ppm| f64::from(ppm) / 1e6)
+    }
 }
 
 /// The movie formats `video =` can ask for.
@@ -193,6 +205,10 @@ pub enum JobFileError {
     EmptyNotify { line: usize },
     #[error("line {line}: the notify command has a control character in it")]
     NotifyControl { line: usize },
+    #[error(
+        "line {line}: verify {value:?} is not a fraction from 0 to 1 (0.05 checks one frame in 20; 0 turns checks off)"
+    )]
+    BadVerify { line: usize, value: String },
     #[error("line {line}: video {value:?} is not a format blenderdist can make (the only one is: mp4)")]
     BadVideo { line: usize, value: String },
     #[error(
@@ -270,6 +286,11 @@ fn parse_option(job: &mut JobFile, key: &str, value: &str, line: usize) -> Resul
             "mp4" => job.video = Some(VideoFormat::Mp4),
             _ => return Err(JobFileError::BadVideo { line, value: value_text() }),
         },
+        "verify" => {
+            let fraction = value.parse::<f64>().ok().filter(|f| (0.0..=1.0).contains(f) && !value.starts_with('-'));
+            let fraction = fraction.ok_or_else(|| JobFileError::BadVerify { line, value: value_text() })?;
+            job.verify_ppm = Some((fraction * 1e6).round() as u32);
+        }
         "fps" => {
             job.fps = Some(FrameRate::parse(value).ok_or_else(|| JobFileError::BadFps { line, value: value_text() })?)
         }
@@ -468,6 +489,10 @@ mod tests {
         ("\nnotify =   ", Err("line 5: notify needs a command")),
         ("notify = echo \u{7}", Err("line 4: the notify command has a control character in it")),
         ("notify = a\nnotify = b", Err("option \"notify\" is set twice, on line 4 and line 5")),
+        ("verify = 1.5", Err("line 4: verify \"1.5\" is not a fraction from 0 to 1")),
+        ("verify = -0", Err("line 4: verify \"-0\" is not a fraction")),
+        ("verify = NaN", Err("line 4: verify \"NaN\" is not a fraction")),
+        ("verify = 5%", Err("line 4: verify \"5%\" is not a fraction")),
         ("video = mov", Err("line 4: video \"mov\" is not a format blenderdist can make (the only one is: mp4)")),
         ("video = MP4", Err("line 4: video \"MP4\" is not a format")),
         ("video =", Err("line 4: video \"\" is not a format")),
@@ -629,5 +654,16 @@ mod tests {
             assert_eq!(scan_job_dir(&dir).unwrap(), want);
             assert!(scan_job_dir(&dir.join("absent")).is_err());
         }
+    }
+
+    #[test]
+    fn verify_fractions() {
+        let parse = |options: &str| {
+            parse_job_text("a", &format!("a.blend\n1\n2\n{options}"), Path::new("/j")).map(|j| j.verify())
+        };
+        assert_eq!(parse(""), Ok(DEFAULT_VERIFY));
+        assert_eq!(parse("verify = 0"), Ok(0.0));
+        assert_eq!(parse("verify = 1"), Ok(1.0));
+        assert_eq!(parse("verify = 0.25"), Ok(0.25));
     }
 }

@@ -44,6 +44,8 @@ pub struct JobPrepared {
 struct TrackedJob {
     file: jobfile::JobFile,
     blend: BlobHash,
+    /// The size of its frames in pixels, when the owner's Blender told (frames of another size are refused).
+    resolution: Option<(u32, u32)>,
     suspended: bool,
     started_reported: bool,
     finished_reported: bool,
@@ -58,6 +60,18 @@ impl JobTable {
     /// The job file of an accepted job.
     pub fn file(&self, name: &str) -> Option<&jobfile::JobFile> {
         self.jobs.get(name).map(|j| &j.file)
+    }
+
+    /// Done frames of the job are wanted again (their author was banned): its end will be reported again.
+    pub fn reopen(&mut self, name: &str) {
+        if let Some(job) = self.jobs.get_mut(name) {
+            job.finished_reported = false;
+        }
+    }
+
+    /// The size of a job's frames in pixels, when known.
+    pub fn resolution(&self, name: &str) -> Option<(u32, u32)> {
+        self.jobs.get(name).and_then(|j| j.resolution)
     }
 
     /// Job files that are not (yet) jobs: rejected ones with their reason, and those being prepared.
@@ -185,7 +199,14 @@ impl Host {
             }
             self.jobs.jobs.insert(
                 name.clone(),
-                TrackedJob { file, blend, suspended: false, started_reported: false, finished_reported: false },
+                TrackedJob {
+                    file,
+                    blend,
+                    resolution: project.scene.resolution,
+                    suspended: false,
+                    started_reported: false,
+                    finished_reported: false,
+                },
             );
             changed = true;
         }

@@ -6,6 +6,8 @@
 //! `notify` command when it ends. This file holds the event loop.
 
 pub mod blobs;
+pub mod check;
+mod confirm;
 mod dashboard;
 pub mod finish;
 mod frames;
@@ -20,6 +22,7 @@ mod requests;
 mod scan;
 mod status;
 mod trace;
+mod verify;
 mod watch;
 
 use std::{
@@ -37,7 +40,10 @@ use tracing::{info, warn};
 use crate::{
     net::{self, Client, NetConfig, NetEvent},
     protocol::{JobOffer, OfferedJob, SignedManifest, PROTOCOL_VERSION},
-    scheduler::{Scheduler, SchedulerConfig},
+    scheduler::{
+        verify::{Verifier, VerifyConfig},
+        Scheduler, SchedulerConfig,
+    },
     store::{keys, state::StateStore},
     update::host::OwnBinary,
 };
@@ -140,6 +146,7 @@ pub async fn start(
         listen: config.listen.clone(),
         bootstrap: vec![],
         mdns: config.mdns,
+        max_peers: crate::protocol::DEFAULT_MAX_PEERS,
     })?;
     let peer_id = client.peer_id();
     // Wait until every listener is up, so the printed join line and the tests' addresses are real. An unspecified
@@ -177,13 +184,21 @@ pub async fn start(
         anyhow::bail!("could not listen on any of {:?}", config.listen);
     }
     let (arrivals_tx, arrivals) = mpsc::channel(64);
-    let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx)?;
-    blob_server.spawn(client.streams())?;
+    // Who may fetch a job's files is the scheduler's to say: the blob server asks the event loop on `access`.
+    let (access_tx, access) = mpsc::channel(64);
+    let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx, access_tx)?;
+    blob_server.spawn(&client)?;
     blob_server.serve_updates(manifest.clone(), builds.into_iter().map(|(b, path)| (b.hash, path)).collect());
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
     let preparer = project::Preparer::new(config.blender.clone(), &config.state_dir.join("projects"))
         .with_context(|| format!("cannot prepare {}", config.state_dir.join("projects").display()))?;
     let (prepared_tx, prepared) = mpsc::channel(16);
+    let (checked_tx, checked) = mpsc::channel(64);
+    let banned = state.banned().with_context(|| format!("cannot read the bans in {}", state.path().display()))?;
+    let banned: Vec<PeerId> = banned.iter().filter_map(|(bytes, _)| PeerId::from_bytes(bytes).ok()).collect();
+    if !banned.is_empty() {
+        info!("{} volunteers are banned from this farm (they delivered wrong frames)", banned.len());
+    }
     let (dashboard, snapshots) = match config.http {
         Some(addr) => {
             let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(http::Snapshot::default()));
@@ -200,6 +215,8 @@ pub async fn start(
         preparer: std::sync::Arc::new(preparer),
         prepared_tx,
         scheduler: Scheduler::new(config.scheduler),
+        verifier: Verifier::new(VerifyConfig::default(), banned),
+        checked_tx,
         jobs: jobs::JobTable::default(),
         blob_server,
         grant_times: HashMap::new(),
@@ -217,7 +234,9 @@ pub async fn start(
         host.on_net_event(event).await;
     }
     info!("host {peer_id} watching {}", host.config.jobdir.display());
-    let task = tokio::spawn(async move { host.run(events, arrivals, prepared, watcher, shutdown).await });
+    let task = tokio::spawn(async move {
+        host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await
+    });
     Ok(RunningHost { peer_id, addrs, task, own, dashboard })
 }
 
@@ -279,6 +298,10 @@ struct Host {
     /// Frames waiting to be stored, and whether a batch is being stored.
     frames: frames::FrameQueue,
     scheduler: Scheduler<PeerId>,
+    /// Spot checks: which stored frames another volunteer renders again, and who is banned.
+    verifier: Verifier<PeerId>,
+    /// Where frame checks, comparisons and bans done off the loop report back.
+    checked_tx: mpsc::Sender<verify::CheckDone>,
     jobs: jobs::JobTable,
     blob_server: BlobServer,
     /// Writes `JOBDIR/NAME.log` from a thread of its own.
@@ -302,15 +325,23 @@ struct Host {
     _owner_lock: owner::OwnerLock,
 }
 
+/// Everything the event loop hears from: the network, the blob server, and the tasks it starts.
+struct Inbox {
+    events: mpsc::Receiver<NetEvent>,
+    arrivals: mpsc::Receiver<FrameArrived>,
+    access: mpsc::Receiver<blobs::AccessQuestion>,
+    prepared: mpsc::Receiver<jobs::JobPrepared>,
+    checked: mpsc::Receiver<verify::CheckDone>,
+}
+
 impl Host {
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<NetEvent>,
-        mut arrivals: mpsc::Receiver<FrameArrived>,
-        mut prepared: mpsc::Receiver<jobs::JobPrepared>,
+        inbox: Inbox,
         mut watcher: watch::JobDirWatcher,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let Inbox { mut events, mut arrivals, mut access, mut prepared, mut checked } = inbox;
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         let mut offer = tokio::time::interval(OFFER_INTERVAL);
@@ -333,6 +364,10 @@ impl Host {
                     None => anyhow::bail!("the network task stopped; the host can no longer hear volunteers"),
                 },
                 Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival, &stored_tx),
+                // A frame was checked, a check copy compared, or a ban recorded, off the loop.
+                Some(done) = checked.recv() => self.on_check_done(done, &stored_tx),
+                // May this peer fetch a job's file? Only while it holds a lease on a frame of the job.
+                Some(question) = access.recv() => self.answer_access(question),
                 // A batch of frames is durable: answer the volunteers, store the next batch.
                 Some(batch) = stored.recv() => self.on_batch_stored(batch, &stored_tx),
                 // A job's project was prepared (or failed to be) in the background.
@@ -355,6 +390,7 @@ impl Host {
                 _ = tick.tick() => {
                     self.publish_snapshot();
                     self.report_unservable();
+                    self.verifier.tick(Instant::now().into_std());
                     for recall in self.scheduler.tick(Instant::now().into_std()) {
                         info!("lease of frame {} of {} held by {} expired; requeued", recall.frame, recall.job, recall.peer);
                         self.offer_now = true;
@@ -390,10 +426,11 @@ impl Host {
         match event {
             NetEvent::Request { peer, request, channel } => {
                 let response = self.on_request(peer, request);
-                let _ = self.client.respond(channel, response).await;
+                let _ = self.client.respond(peer, channel, response).await;
             }
             NetEvent::PeerGone(peer) => {
                 let label = self.tallies.label(&peer);
+                self.verifier.peer_gone(&peer);
                 for (job, frame) in self.scheduler.peer_gone(&peer) {
                     info!("volunteer {label} left; frame {frame} of {job} requeued");
                     self.offer_now = true;

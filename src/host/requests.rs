@@ -9,8 +9,9 @@ use tracing::{debug, info, warn};
 use super::{blobs::ExpectedUpload, Host, MAX_CLAIM_SLOTS};
 use crate::{
     protocol::{
-        check_output_name, is_frame_extension, truncate_utf8, BlobHash, ExtraOutput, FrameGrant, VolunteerCaps,
-        WorkRequest, WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, MAX_EXTRA_OUTPUTS, PROTOCOL_VERSION,
+        check_output_name, is_frame_extension, one_line, truncate_utf8, BlobHash, ExtraOutput, FrameGrant,
+        VolunteerCaps, WorkRequest, WorkResponse, MAX_BLOB_SIZE, MAX_ERROR_TEXT, MAX_EXTRA_OUTPUTS, MAX_LOGGED_TEXT,
+        MAX_NAME, PROTOCOL_VERSION,
     },
     scheduler::{BlendVersion, FailOutcome, Grant, PeerCaps, Verdict},
 };
@@ -33,6 +34,9 @@ impl Host {
             WorkRequest::Claim { version, .. } if version != PROTOCOL_VERSION => WorkResponse::Refused {
                 reason: format!("this host speaks protocol version {PROTOCOL_VERSION}, the volunteer {version}"),
             },
+            WorkRequest::Claim { .. } if self.verifier.is_banned(&peer) => WorkResponse::Refused {
+                reason: "this volunteer is banned from this farm: it delivered a frame that failed verification".into(),
+            },
             WorkRequest::Claim { slots, caps, .. } => {
                 match &caps {
                     Some(caps) if self.tallies.announce(peer, caps) => {
@@ -49,7 +53,16 @@ impl Host {
                     self.scheduler.set_caps(&peer, caps);
                 }
                 let now = Instant::now();
-                let grants = self.scheduler.claim(&peer, slots.clamp(1, MAX_CLAIM_SLOTS), now.into_std());
+                let slots = slots.clamp(1, MAX_CLAIM_SLOTS);
+                // A check copy first (at most one per claim): it looks like any other frame to the volunteer.
+                let scheduler = &self.scheduler;
+                let copy = self.verifier.claim(&peer, now.into_std(), |job| scheduler.serves_checks(&peer, job));
+                let copy = copy.and_then(|(job, frame, _)| self.scheduler.check_grant(&peer, &job, frame));
+                let mut grants = self.scheduler.claim(&peer, slots - u32::from(copy.is_some()), now.into_std());
+                if let Some(copy) = copy {
+                    debug!("a check copy of frame {} of {} granted to {peer}", copy.frame, copy.job);
+                    grants.insert(0, copy);
+                }
                 if grants.is_empty() {
                     return WorkResponse::NoWork;
                 }
@@ -64,7 +77,10 @@ impl Host {
                 WorkResponse::Granted(grants.into_iter().map(to_wire).collect())
             }
             WorkRequest::Renew { job, frame, blend } => {
-                if self.scheduler.renew(&peer, &job, frame, blend, Instant::now().into_std()) {
+                let now = Instant::now().into_std();
+                if self.verifier.renew(&peer, &job, frame, blend, now)
+                    || self.scheduler.renew(&peer, &job, frame, blend, now)
+                {
                     WorkResponse::Noted
                 } else {
                     WorkResponse::Discard
@@ -74,8 +90,21 @@ impl Host {
                 self.on_rendered(peer, (job, frame, blend), (blob, size, ext), outputs)
             }
             WorkRequest::Status => WorkResponse::Status(self.status_report()),
-            WorkRequest::Failed { job, frame, blend, mut error } => {
-                truncate_utf8(&mut error, MAX_ERROR_TEXT);
+            WorkRequest::Failed { job, frame, blend, .. } if self.verifier.holds(&peer, &job, frame, blend) => {
+                // A check copy that could not be rendered says nothing about the frame: someone else is asked.
+                self.verifier.copy_failed(&peer, &job, frame);
+                WorkResponse::Noted
+            }
+            WorkRequest::Failed { job, frame, blend, error } => {
+                // The report's text reaches logs, the job log and the dashboard as one escaped, capped line.
+                let error = one_line(&error, MAX_LOGGED_TEXT.min(MAX_ERROR_TEXT));
+                // Only the current holder of the frame's grant may report it failed: a peer without one (a fresh
+                // identity, or one whose lease ran out) would otherwise fail frames, and jobs, it never rendered.
+                if !self.scheduler.leases_of(&peer).iter().any(|(j, f)| *j == job && *f == frame) {
+                    let job = one_line(&job, MAX_NAME);
+                    debug!("ignoring a failure of frame {frame} of {job} from {peer}, which holds no lease on it");
+                    return WorkResponse::Refused { reason: format!("no lease on frame {frame} of {job}") };
+                }
                 let outcome = self.scheduler.frame_failed(&peer, &job, frame, blend, &error);
                 if outcome == FailOutcome::Ignored {
                     debug!("ignoring a stale failure of frame {frame} of {job} from {peer}: {error}");
@@ -89,6 +118,10 @@ impl Host {
                 self.joblog.append(&job, &format!("frame {frame} failed on {by}: {error}"));
                 self.offer_now = true;
                 if let FailOutcome::JobFailed { reason } = outcome {
+                    // Fresh peer ids cost nothing: the owner's Blender confirms the failure first, when there is one.
+                    if self.confirm_failure(&job, frame, blend, reason.clone()) {
+                        return WorkResponse::Noted;
+                    }
                     warn!("job {job} failed: {reason}");
                     self.joblog.append(&job, &format!("job failed: {reason}"));
                     self.job_ended(&job, super::finish::JobEnd::Failed);
@@ -109,6 +142,7 @@ impl Host {
     ) -> WorkResponse {
         let ext = ext.to_ascii_lowercase();
         if !is_frame_extension(&ext) || size == 0 || size > MAX_BLOB_SIZE {
+            let (job, ext) = (one_line(&job, MAX_NAME), one_line(&ext, 16));
             warn!("{peer} reported frame {frame} of {job} as a {size}-byte .{ext} file; refusing it");
             return WorkResponse::Refused { reason: format!("a {size}-byte .{ext} frame is not acceptable") };
         }
@@ -117,7 +151,8 @@ impl Host {
         }
         for output in &outputs {
             if let Err(why) = check_output_name(&output.name) {
-                warn!("{peer} reported a File Output file {:?} for frame {frame} of {job}: {why}", output.name);
+                let (job, name) = (one_line(&job, MAX_NAME), one_line(&output.name, 256));
+                warn!("{peer} reported a File Output file {name} for frame {frame} of {job}: {why}");
                 return WorkResponse::Refused {
                     reason: format!("the output {:?} is not acceptable: {why}", output.name),
                 };
@@ -126,9 +161,17 @@ impl Host {
                 return WorkResponse::Refused { reason: format!("a {}-byte output is not acceptable", output.size) };
             }
         }
-        match self.scheduler.rendered(&peer, &job, frame, blend) {
+        let check = self.verifier.holds(&peer, &job, frame, blend);
+        let verdict = if check { Verdict::Accept } else { self.scheduler.rendered(&peer, &job, frame, blend) };
+        match verdict {
+            Verdict::Accept if check => {
+                // A check copy: compared with the stored frame, never stored; its File Output files are not needed.
+                let upload = ExpectedUpload { job, frame, ext, size, blend, output: None, check: true };
+                self.blob_server.expect(peer, blob, upload);
+                WorkResponse::Upload
+            }
             Verdict::Accept => {
-                let upload = ExpectedUpload { job, frame, ext, size, blend, output: None };
+                let upload = ExpectedUpload { job, frame, ext, size, blend, output: None, check: false };
                 for output in outputs {
                     let extra = ExpectedUpload { size: output.size, output: Some(output.name), ..upload.clone() };
                     self.blob_server.expect(peer, output.blob, extra);

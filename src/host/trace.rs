@@ -59,6 +59,10 @@ pub struct SceneNeeds {
     /// The scene renders the sequencer.
     #[serde(default)]
     pub sequencer: bool,
+    /// Width and height of its frames in pixels; `None` when cropped to a border (or unknown): frames are then
+    /// not checked for their size.
+    #[serde(default)]
+    pub resolution: Option<(u32, u32)>,
 }
 
 fn other_kind() -> FileKind {

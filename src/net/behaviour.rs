@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use libp2p::{
-    gossipsub, identify, identity::Keypair, mdns, ping, request_response, swarm::behaviour::toggle::Toggle,
-    swarm::NetworkBehaviour,
+    allow_block_list, connection_limits, gossipsub, identify, identity::Keypair, mdns, ping, request_response,
+    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour,
 };
 
 use crate::protocol::{
-    WorkRequest, WorkResponse, IDENTIFY_PROTOCOL, MAX_OFFER, MAX_STATUS_MESSAGE, MAX_WORK_MESSAGE, WORK_PROTOCOL,
+    WorkRequest, WorkResponse, IDENTIFY_PROTOCOL, MAX_CONNECTIONS_PER_PEER, MAX_OFFER, MAX_PENDING_INCOMING,
+    MAX_STATUS_MESSAGE, MAX_WORK_MESSAGE, OFFER_TOPIC, UPDATE_TOPIC, WORK_PROTOCOL,
 };
 
 /// Agent string prefix an owner announces through identify, so volunteers can claim at once instead of waiting for
@@ -18,6 +19,11 @@ pub const VOLUNTEER_AGENT: &str = "blenderdist-volunteer/";
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so connections over the limits or from banned peers are refused before any other behaviour spends
+    /// anything on them.
+    pub limits: connection_limits::Behaviour,
+    /// Peers banned for overspending their budget (see `budget.rs`): their connections are closed and refused.
+    pub banned: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     /// Off with `--no-mdns`, so parallel tests never see each other.
@@ -28,7 +34,12 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair, is_host: bool, use_mdns: bool) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn new(
+        key: &Keypair,
+        is_host: bool,
+        use_mdns: bool,
+        max_peers: u32,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let agent = if is_host { HOST_AGENT } else { VOLUNTEER_AGENT };
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
@@ -42,9 +53,19 @@ impl Behaviour {
         let gossip_config = gossipsub::ConfigBuilder::default()
             .heartbeat_interval(Duration::from_secs(1))
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // Nothing is forwarded before the event loop has judged it (see `gossip.rs`).
+            .validate_messages()
             .max_transmit_size(MAX_OFFER + 4096)
             .build()?;
-        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+        let mut gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+        let topics = [OFFER_TOPIC, UPDATE_TOPIC].map(|t| gossipsub::IdentTopic::new(t).hash());
+        let (params, thresholds) = super::gossip::score_params(&topics);
+        gossipsub.with_peer_score(params, thresholds)?;
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_established(Some(max_peers));
         let codec = request_response::cbor::codec::Codec::default()
             .set_request_size_maximum(MAX_WORK_MESSAGE)
             .set_response_size_maximum(MAX_STATUS_MESSAGE);
@@ -54,6 +75,8 @@ impl Behaviour {
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
         );
         Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
+            banned: allow_block_list::Behaviour::default(),
             identify,
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
             mdns: Toggle::from(mdns),

@@ -1,13 +1,15 @@
 //! The loop that owns the `Swarm`: it turns swarm events into [`NetEvent`]s and [`Command`]s into swarm calls, and
-//! keeps the bootstrap peers connected.
+//! keeps the bootstrap peers connected. It also enforces the peers' bounds: it charges their requests to their
+//! budget, judges gossip before it is forwarded, and carries out bans (closing and refusing connections).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use futures::StreamExt;
 use libp2p::{
-    gossipsub, identify, mdns,
-    multiaddr::Protocol,
-    ping, request_response,
+    gossipsub, identify, mdns, ping, request_response,
     swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
@@ -19,12 +21,12 @@ use tracing::{debug, info, warn};
 
 use super::{
     behaviour::{Behaviour, BehaviourEvent, HOST_AGENT, VOLUNTEER_AGENT},
-    Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
+    budget::{Budgets, Charge},
+    dial::{dial_reason, peer_of},
+    gossip::{self, Gossip, Judgement, Role, Topic},
+    lock, Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
 };
-use crate::protocol::{
-    decode_offer, encode_offer, from_cbor, to_cbor, WorkResponse, IDENTIFY_PROTOCOL, MAX_MANIFEST, OFFER_TOPIC,
-    UPDATE_TOPIC,
-};
+use crate::protocol::{encode_offer, one_line, to_cbor, WorkResponse, IDENTIFY_PROTOCOL, OFFER_TOPIC, UPDATE_TOPIC};
 
 /// A bootstrap address we keep a connection to.
 struct Bootstrap {
@@ -49,6 +51,10 @@ pub(super) struct EventLoop {
     /// Peers seen by mDNS that we are dialling or connected to, so each is dialled once.
     discovered: HashSet<PeerId>,
     is_host: bool,
+    /// What each connected peer said it is, for judging the gossip it authors.
+    roles: HashMap<PeerId, Role>,
+    /// Every peer's budget; shared with the [`super::Client`]s, which charge streams and strikes.
+    budgets: Arc<Mutex<Budgets>>,
 }
 
 impl EventLoop {
@@ -58,6 +64,7 @@ impl EventLoop {
         events: mpsc::Sender<NetEvent>,
         bootstrap: Vec<Multiaddr>,
         is_host: bool,
+        budgets: Arc<Mutex<Budgets>>,
     ) -> Result<Self, String> {
         let topic = gossipsub::IdentTopic::new(OFFER_TOPIC);
         swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| e.to_string())?;
@@ -85,6 +92,8 @@ impl EventLoop {
             bootstrap,
             discovered: HashSet::new(),
             is_host,
+            roles: HashMap::new(),
+            budgets,
         })
     }
 
@@ -102,8 +111,12 @@ impl EventLoop {
                     // Every client is gone: the node is shutting down.
                     None => return,
                 },
-                // Bootstrap peers that went away are redialled on a capped backoff, so volunteers resume by themselves.
-                _ = redial.tick() => self.redial(),
+                // Bootstrap peers that went away are redialled on a capped backoff, so volunteers resume by themselves;
+                // bans decided by clients are carried out, and ended bans lifted.
+                _ = redial.tick() => {
+                    self.redial();
+                    self.apply_bans();
+                }
             }
         }
     }
@@ -138,7 +151,10 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().work.send_request(&peer, request);
                 self.pending_requests.insert(id, reply);
             }
-            Command::Respond { channel, response } => {
+            Command::Respond { peer, channel, response } => {
+                if matches!(response, WorkResponse::Refused { .. }) {
+                    self.charge(peer, Charge::Strike);
+                }
                 // Fails only when the peer is gone or the request timed out; the peer retries on its own.
                 if self.swarm.behaviour_mut().work.send_response(channel, response).is_err() {
                     debug!("response not sent: the requesting peer is gone");
@@ -167,6 +183,33 @@ impl EventLoop {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::ApplyBans => self.apply_bans(),
+        }
+    }
+
+    /// Charges `peer`; false when it is (now) banned, which is carried out at once.
+    fn charge(&mut self, peer: PeerId, charge: Charge) -> bool {
+        let allowed = lock(&self.budgets).charge(peer, charge, std::time::Instant::now());
+        if !allowed {
+            self.apply_bans();
+        }
+        allowed
+    }
+
+    /// Closes and refuses the connections of newly banned peers, and accepts again those whose ban ended.
+    fn apply_bans(&mut self) {
+        let (bans, lifted) = {
+            let mut budgets = lock(&self.budgets);
+            (budgets.take_new_bans(), budgets.lift_expired(std::time::Instant::now()))
+        };
+        for ban in bans {
+            // One line per ban, not per message: a peer that floods cannot flood the log too.
+            info!(peer = %ban.peer, "ignoring this peer for {} s: {}", ban.length.as_secs(), ban.reason);
+            self.swarm.behaviour_mut().banned.block_peer(ban.peer);
+        }
+        for peer in lifted {
+            debug!(%peer, "ban over");
+            self.swarm.behaviour_mut().banned.unblock_peer(peer);
         }
     }
 
@@ -202,6 +245,8 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                 debug!(%peer_id, ?cause, "disconnected");
                 self.discovered.remove(&peer_id);
+                self.roles.remove(&peer_id);
+                lock(&self.budgets).forget(&peer_id);
                 let now = Instant::now();
                 for b in self.bootstrap.iter_mut().filter(|b| b.peer == Some(peer_id)) {
                     b.connected = false;
@@ -234,11 +279,11 @@ impl EventLoop {
     async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let role = if info.agent_version.starts_with(HOST_AGENT) { Role::Host } else { Role::NotHost };
+                self.roles.insert(peer_id, role);
                 if info.protocol_version != IDENTIFY_PROTOCOL {
-                    warn!(
-                        %peer_id,
-                        "refusing peer: it speaks {}, this node speaks {IDENTIFY_PROTOCOL}", info.protocol_version
-                    );
+                    let theirs = one_line(&info.protocol_version, 64);
+                    warn!(%peer_id, "refusing peer: it speaks {theirs}, this node speaks {IDENTIFY_PROTOCOL}");
                     let host = info.agent_version.starts_with(HOST_AGENT);
                     let volunteer = info.agent_version.starts_with(VOLUNTEER_AGENT);
                     // An owner and a volunteer of different versions stay connected, so the volunteer can fetch the
@@ -248,7 +293,7 @@ impl EventLoop {
                     if !keep {
                         let _ = self.swarm.disconnect_peer_id(peer_id);
                     }
-                    self.emit(NetEvent::Incompatible { peer: peer_id, theirs: info.protocol_version, host }).await;
+                    self.emit(NetEvent::Incompatible { peer: peer_id, theirs, host }).await;
                 } else if info.agent_version.starts_with(HOST_AGENT) {
                     self.emit(NetEvent::HostFound(peer_id)).await;
                 }
@@ -278,20 +323,8 @@ impl EventLoop {
                     }
                 }
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
-                // Strict validation: `source` is the verified author, not the forwarding peer.
-                let Some(from) = message.source else { return };
-                if message.topic == self.update_topic.hash() {
-                    match from_cbor(&message.data, MAX_MANIFEST + 1024) {
-                        Ok(signed) => self.emit(NetEvent::Manifest { from, signed }).await,
-                        Err(e) => warn!(%from, "ignoring an undecodable update manifest: {e}"),
-                    }
-                    return;
-                }
-                match decode_offer(&message.data) {
-                    Ok(offer) => self.emit(NetEvent::Offer { from, offer }).await,
-                    Err(e) => warn!(%from, "ignoring an undecodable offer: {e}"),
-                }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
+                self.on_gossip(propagation_source, message_id, message).await;
             }
             BehaviourEvent::Work(event) => self.on_work_event(event).await,
             _ => {}
@@ -302,6 +335,11 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    if !self.charge(peer, Charge::Request) {
+                        // Dropping the channel fails the request on the peer's side.
+                        debug!(%peer, "dropping a request: the peer is over its budget");
+                        return;
+                    }
                     self.emit(NetEvent::Request { peer, request, channel }).await;
                 }
                 request_response::Message::Response { request_id, response } => {
@@ -317,56 +355,41 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, "inbound work request failed: {error}");
+                // An undecodable or oversized request is garbage; timeouts and closed connections are not.
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.charge(peer, Charge::Strike);
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
     }
 }
 
-/// The `/p2p/ID` part of an address, if any.
-pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(peer) => Some(peer),
-        _ => None,
-    })
-}
-
-/// Why a dial failed, in words a person can act on: refused, timed out, the wrong peer, or the transport's own text
-/// (a failed handshake, another farm).
-fn dial_reason(error: &libp2p::swarm::DialError) -> String {
-    use libp2p::swarm::DialError;
-    match error {
-        DialError::WrongPeerId { obtained, .. } => {
-            format!("another node answers there (peer id {obtained}, not the one in the address)")
+impl EventLoop {
+    /// Judges a gossip message before gossipsub forwards it (see [`gossip::judge`]): an owner's offer or manifest
+    /// goes on to the node's owner, anything else goes nowhere and, if it was garbage or not an owner's, counts
+    /// against the peer that sent it. Logged at debug level only: a peer must not be able to fill the log.
+    async fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let topic = if message.topic == self.topic.hash() {
+            Some(Topic::Offers)
+        } else if message.topic == self.update_topic.hash() {
+            Some(Topic::Updates)
+        } else {
+            None
+        };
+        // Strict validation: `source` is the verified author, not the forwarding peer.
+        let author = message.source.map_or(Role::NotHost, |a| self.roles.get(&a).copied().unwrap_or(Role::Unknown));
+        let judgement = gossip::judge(topic, author, &message.data);
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &via, judgement.acceptance());
+        let Some(from) = message.source else { return };
+        match judgement {
+            Judgement::Accept(Gossip::Offer(offer)) => self.emit(NetEvent::Offer { from, offer }).await,
+            Judgement::Accept(Gossip::Manifest(signed)) => self.emit(NetEvent::Manifest { from, signed }).await,
+            Judgement::Reject(why) => {
+                debug!(%via, author = %from, "rejected a gossip message: {why}");
+                self.charge(via, Charge::Strike);
+            }
+            Judgement::Ignore => debug!(%via, author = %from, "ignored a gossip message from an unknown author"),
         }
-        DialError::Transport(attempts) => {
-            let reasons: Vec<String> = attempts.iter().map(|(_, e)| transport_reason(e)).collect();
-            reasons.join("; ")
-        }
-        other => other.to_string(),
-    }
-}
-
-fn transport_reason(error: &(dyn std::error::Error + 'static)) -> String {
-    // The io::Error underneath is wrapped in types that do not expose it as a source; its words are reliable.
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    let lower = text.to_lowercase();
-    let known = [
-        ("connection refused", "connection refused"),
-        ("timed out", "timed out"),
-        ("no route to host", "no route to the host"),
-        ("network is unreachable", "the network is unreachable"),
-        ("noise", "the secure handshake failed (not a blenderdist node, or another farm)"),
-        ("multistream", "it does not speak blenderdist's protocols"),
-    ];
-    match known.iter().find(|(words, _)| lower.contains(words)) {
-        Some((_, reason)) => (*reason).to_string(),
-        None => text.split_whitespace().collect::<Vec<_>>().join(" "),
     }
 }

@@ -1,17 +1,30 @@
 //! The only module that knows libp2p. [`spawn`] starts one event loop that owns the `Swarm` (no locks) and returns
 //! a cloneable [`Client`] whose async methods send it commands, and a channel of [`NetEvent`]s for the owner or the
-//! volunteer. Blobs bypass the loop: [`Client::streams`] hands out libp2p-stream controls.
+//! volunteer. Blobs bypass the loop: [`Client::open_stream`] opens paced streams, [`Client::streams`] hands out
+//! libp2p-stream controls.
+//!
+//! Every peer is bounded (docs/SECURITY.md, "Bounded peers"): connection limits, and a budget of requests, streams
+//! and strikes per peer ([`budget`]) whose overspenders are banned; gossip is judged before it is forwarded
+//! ([`gossip`]).
 
 mod behaviour;
+pub mod budget;
+mod dial;
 mod event_loop;
+mod gossip;
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use libp2p::{identity::Keypair, noise, request_response::ResponseChannel, tcp, yamux, Multiaddr, PeerId};
+use libp2p::{
+    identity::Keypair, noise, request_response::ResponseChannel, tcp, yamux, Multiaddr, PeerId, Stream, StreamProtocol,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use behaviour::{HOST_AGENT, VOLUNTEER_AGENT};
-pub use event_loop::peer_of;
+pub use dial::peer_of;
 use event_loop::EventLoop;
 
 use crate::protocol::{JobOffer, SignedManifest, WorkRequest, WorkResponse};
@@ -22,6 +35,9 @@ pub const DEFAULT_PORT: u16 = 7463;
 /// Bootstrap dials back off from this delay, doubling up to [`REDIAL_MAX`], and start over once connected.
 pub const REDIAL_MIN: Duration = Duration::from_millis(500);
 pub const REDIAL_MAX: Duration = Duration::from_secs(4);
+/// How long opening a stream may take (dialling and negotiating the protocol included), so an owner that accepts
+/// connections but never answers cannot hold a volunteer's render slot.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -31,6 +47,8 @@ pub struct NetConfig {
     /// Addresses to keep connected to, redialled with a capped backoff whenever the connection is down.
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Most connections held at once, all peers together ([`crate::protocol::DEFAULT_MAX_PEERS`] by default).
+    pub max_peers: u32,
 }
 
 /// What the network tells its owner.
@@ -75,15 +93,35 @@ pub enum NetError {
     Request { peer: PeerId, reason: String },
     #[error("cannot start the network: {0}")]
     Setup(String),
+    #[error("cannot open a stream to {peer}: {reason}")]
+    Open { peer: PeerId, reason: String },
 }
 
 pub(crate) enum Command {
-    Request { peer: PeerId, request: WorkRequest, reply: oneshot::Sender<Result<WorkResponse, NetError>> },
-    Respond { channel: ResponseChannel<WorkResponse>, response: WorkResponse },
-    Publish { offer: JobOffer },
-    PublishManifest { manifest: SignedManifest },
-    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
-    ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    Request {
+        peer: PeerId,
+        request: WorkRequest,
+        reply: oneshot::Sender<Result<WorkResponse, NetError>>,
+    },
+    Respond {
+        peer: PeerId,
+        channel: ResponseChannel<WorkResponse>,
+        response: WorkResponse,
+    },
+    Publish {
+        offer: JobOffer,
+    },
+    PublishManifest {
+        manifest: SignedManifest,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    /// A budget decided a ban outside the loop (a stream or a strike): carry it out now rather than at the next tick.
+    ApplyBans,
 }
 
 /// A cheap, cloneable handle on the event loop.
@@ -92,6 +130,10 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     peer_id: PeerId,
+    /// Shared with the event loop, which bans the peers that overspend.
+    budgets: Arc<Mutex<budget::Budgets>>,
+    /// Paces this node's stream opens to each peer.
+    pacer: Arc<Mutex<budget::Pacer>>,
 }
 
 impl Client {
@@ -99,9 +141,29 @@ impl Client {
         self.peer_id
     }
 
-    /// A control for opening and accepting blob streams.
+    /// A control for accepting blob streams (and for tests that open streams without pacing).
     pub fn streams(&self) -> libp2p_stream::Control {
         self.control.clone()
+    }
+
+    /// Opens a stream to `peer`, dialling it if needed: paced so this node never opens more than an owner's
+    /// stream budget allows, and given up after [`OPEN_TIMEOUT`].
+    pub async fn open_stream(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Stream, NetError> {
+        let wait = lock(&self.pacer).reserve(peer, std::time::Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let mut control = self.control.clone();
+        match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(NetError::Open { peer, reason: e.to_string() }),
+            Err(_) => Err(NetError::Open { peer, reason: format!("no answer in {} s", OPEN_TIMEOUT.as_secs()) }),
+        }
+    }
+
+    /// A handle on the peers' budgets for code that serves streams outside the event loop.
+    pub fn budgets(&self) -> PeerBudgets {
+        PeerBudgets { budgets: self.budgets.clone(), commands: self.commands.downgrade() }
     }
 
     pub async fn request(&self, peer: PeerId, request: WorkRequest) -> Result<WorkResponse, NetError> {
@@ -110,12 +172,14 @@ impl Client {
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
+    /// Answers `peer`'s request; a `Refused` answer counts as a strike against it.
     pub async fn respond(
         &self,
+        peer: PeerId,
         channel: ResponseChannel<WorkResponse>,
         response: WorkResponse,
     ) -> Result<(), NetError> {
-        self.send(Command::Respond { channel, response }).await
+        self.send(Command::Respond { peer, channel, response }).await
     }
 
     pub async fn publish(&self, offer: JobOffer) -> Result<(), NetError> {
@@ -143,6 +207,36 @@ impl Client {
     }
 }
 
+/// The peers' budgets, for code that serves peers outside the event loop (the blob server). Unlike a [`Client`] it
+/// does not keep the network running.
+#[derive(Clone)]
+pub struct PeerBudgets {
+    budgets: Arc<Mutex<budget::Budgets>>,
+    commands: mpsc::WeakSender<Command>,
+}
+
+impl PeerBudgets {
+    /// Charges `peer` for a stream it opened to us. False: it is over its budget (or banned) and the stream must be
+    /// dropped unanswered; the event loop closes its connections.
+    pub fn admit_stream(&self, peer: PeerId) -> bool {
+        self.charge(peer, budget::Charge::Stream)
+    }
+
+    /// Counts a refused or garbage message against `peer` (see [`crate::protocol::STRIKE_BUDGET`]).
+    pub fn strike(&self, peer: PeerId) {
+        self.charge(peer, budget::Charge::Strike);
+    }
+
+    fn charge(&self, peer: PeerId, charge: budget::Charge) -> bool {
+        let allowed = lock(&self.budgets).charge(peer, charge, std::time::Instant::now());
+        if let (false, Some(commands)) = (allowed, self.commands.upgrade()) {
+            // A full queue is fine: the loop also carries out bans on its next tick.
+            let _ = commands.try_send(Command::ApplyBans);
+        }
+        allowed
+    }
+}
+
 /// Builds the swarm, starts listening and dialling, and spawns its event loop on the current tokio runtime. The loop
 /// ends when every [`Client`] is dropped.
 pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
@@ -153,7 +247,7 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
         .map_err(|e| setup(&e))?
         .with_dns()
         .map_err(|e| setup(&e))?
-        .with_behaviour(|key| behaviour::Behaviour::new(key, config.is_host, config.mdns))
+        .with_behaviour(|key| behaviour::Behaviour::new(key, config.is_host, config.mdns, config.max_peers))
         .map_err(|e| setup(&e))?
         // Volunteers render for minutes between messages; connections must outlive that. Ping detects dead peers.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
@@ -171,8 +265,15 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
     let (commands, command_rx) = mpsc::channel(256);
     let (events, event_rx) = mpsc::channel(1024);
     let peer_id = *swarm.local_peer_id();
-    let event_loop =
-        EventLoop::new(swarm, command_rx, events, config.bootstrap, config.is_host).map_err(NetError::Setup)?;
+    let budgets = Arc::new(Mutex::new(budget::Budgets::default()));
+    let event_loop = EventLoop::new(swarm, command_rx, events, config.bootstrap, config.is_host, budgets.clone())
+        .map_err(NetError::Setup)?;
     tokio::spawn(event_loop.run());
-    Ok((Client { commands, control, peer_id }, event_rx))
+    let pacer = Arc::default();
+    Ok((Client { commands, control, peer_id, budgets, pacer }, event_rx))
+}
+
+/// A poisoned lock only means another task panicked mid-update of a plain map; its data is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

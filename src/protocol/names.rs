@@ -52,6 +52,49 @@ pub fn display_name(name: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// A text from a peer (an error report, a refusal's reason, a job name it claims) made safe for one log line: trimmed,
+/// newlines, tabs and other control characters escaped (`\n`, `\t`, `\u{1b}`), as are the invisible characters
+/// that reorder or hide text (bidi overrides, zero-width and line/paragraph separators); at most `max` bytes, cut at
+/// a character boundary and ending with `…` when cut. Printable text, non-ASCII included, is kept as it is.
+pub fn one_line(text: &str, max: usize) -> String {
+    const ELLIPSIS: &str = "…";
+    let keep = max.saturating_sub(ELLIPSIS.len());
+    let mut out = String::new();
+    // Where the text is cut if it turns out longer than `max`: after the last whole piece that fits beside `…`.
+    let mut cut = None;
+    let mut piece = String::new();
+    for c in text.trim().chars() {
+        piece.clear();
+        match c {
+            '\n' => piece.push_str("\\n"),
+            '\r' => piece.push_str("\\r"),
+            '\t' => piece.push_str("\\t"),
+            c if c.is_control() || hides_text(c) => piece.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => piece.push(c),
+        }
+        if cut.is_none() && out.len() + piece.len() > keep {
+            cut = Some(out.len());
+        }
+        out.push_str(&piece);
+        if out.len() > max {
+            break;
+        }
+    }
+    match cut {
+        Some(at) if out.len() > max => {
+            out.truncate(at);
+            out.push_str(ELLIPSIS);
+            out
+        }
+        _ => out,
+    }
+}
+
+/// Format and separator characters that change how a line reads without showing themselves.
+fn hides_text(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 /// Frame file extensions an owner accepts from a volunteer: image formats Blender writes. Anything else is refused,
 /// so a peer can never choose a path outside the job's folder.
 pub const FRAME_EXTENSIONS: &[&str] = &[
@@ -70,5 +113,43 @@ pub fn truncate_utf8(text: &mut String, max: usize) {
             cut -= 1;
         }
         text.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn peer_text_becomes_one_escaped_line() {
+        let table = [
+            ("disk full", "disk full"),
+            ("  boom\n", "boom"),
+            ("boom\nfinished: 12 frames", "boom\\nfinished: 12 frames"),
+            ("a\r\nb\tc", "a\\r\\nb\\tc"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("evil\u{202e}gnp.exe", "evil\\u{202e}gnp.exe"),
+            ("line\u{2028}sep", "line\\u{2028}sep"),
+            ("café ✓", "café ✓"),
+            ("", ""),
+        ];
+        for (text, want) in table {
+            assert_eq!(one_line(text, 100), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_char_boundary_with_an_ellipsis() {
+        let cut = one_line(&"é".repeat(100), 21);
+        assert_eq!(cut, format!("{}…", "é".repeat(9)));
+        assert!(cut.len() <= 21);
+        // An escape is never cut in half.
+        let cut = one_line(&"x\n".repeat(10), 9);
+        assert_eq!(cut, "x\\nx\\n…");
+        // Exactly `max` bytes is not cut.
+        assert_eq!(one_line("abcde", 5), "abcde");
+        assert_eq!(one_line("abcdef", 5), "ab…");
+        // A huge text costs no more than its first `max` bytes.
+        assert_eq!(one_line(&"x".repeat(10_000_000), 10).len(), 10);
     }
 }

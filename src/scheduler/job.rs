@@ -277,6 +277,16 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Job<P> {
         holders.into_iter().filter(|h| !h.rendered).map(|h| h.peer).collect()
     }
 
+    /// A done frame is wanted again (its file was wrong): it becomes pending. False when it was not done.
+    pub(super) fn unmark_done(&mut self, frame: u32) -> bool {
+        let Some(idx) = self.index(frame).filter(|&idx| self.frames[idx] == FrameState::Done) else {
+            return false;
+        };
+        self.done -= 1;
+        self.enter_pending(frame, idx);
+        true
+    }
+
     /// Drops every lease without requeueing (the caller rebuilds or discards the frame table). Returns them.
     pub(super) fn take_all_leases(&mut self) -> Vec<(u32, P)> {
         let leases = std::mem::take(&mut self.leases);
@@ -385,5 +395,13 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Job<P> {
             self.peer_failures.entry(peer.clone()).or_default().push(frame);
         }
         peers.len()
+    }
+
+    /// Counts a refused frame against the peer only (see [`super::Scheduler::frame_refused`]).
+    pub(super) fn record_peer_failure(&mut self, peer: &P, frame: u32) {
+        let frames = self.peer_failures.entry(peer.clone()).or_default();
+        if !frames.contains(&frame) {
+            frames.push(frame);
+        }
     }
 }

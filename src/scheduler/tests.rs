@@ -58,6 +58,12 @@ enum Step {
     Stored(&'static str, u32, &'static [R]),
     Failed(P, &'static str, u32, &'static str, Fail),
     Gone(P, &'static [(&'static str, u32)]),
+    /// The host refused the frame the peer delivered.
+    Refused(P, &'static str, u32),
+    /// The owner's Blender rendered the frame: overrule its failure; whether it was overruled.
+    Overrule(&'static str, u32, bool),
+    /// Done frames to render again, and how many of them were done.
+    Redo(&'static str, &'static [u32], usize),
     Tick(u64, &'static [R]),
     Status(&'static str, Option<JobStatus>),
     /// The job's failure reason contains this text.
@@ -137,6 +143,12 @@ impl Harness {
                 expected.sort();
                 assert_eq!(got, expected, "{context}");
             }
+            Refused(peer, job, frame) => {
+                let version = self.version(job);
+                self.s.frame_refused(&peer, job, frame, version)
+            }
+            Overrule(job, frame, ok) => assert_eq!(self.s.overrule_failure(job, frame), ok, "{context}"),
+            Redo(job, frames, count) => assert_eq!(self.s.redo(job, frames), count, "{context}"),
             Tick(t, recalls) => assert_recalls(self.s.tick(self.at(t)), recalls, context),
             Status(name, status) => assert_eq!(self.s.status(name), status, "{context}"),
             FailedWith(name, text) => {
@@ -258,6 +270,76 @@ fn suspended_job_is_skipped_and_resumed() {
             Claim("q", 1, 10, &[("a", 2)]),
             Status("a", Some(st(4, 1, 1, 2))),
             Suspend("nope", true),
+        ],
+    );
+}
+
+/// A refused frame goes back to the queue for others and counts against its sender only: three refusals from three
+/// peers never fail the job, and the sender is not given the frame again; enough refusals blocklist it.
+#[test]
+fn refused_frames_count_against_the_sender_not_the_job() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 4, 0, 0), &[], JobChange::Added, &[]),
+            Claim("x", 1, 0, &[("j", 1)]),
+            Rendered("x", "j", 1, Verdict::Accept),
+            Refused("x", "j", 1),
+            Claim("y", 1, 0, &[("j", 1)]),
+            Refused("y", "j", 1),
+            Claim("z", 1, 0, &[("j", 1)]),
+            Refused("z", "j", 1),
+            Status("j", Some(st(4, 0, 0, 4))),
+            Claim("x", 1, 0, &[("j", 2)]),
+            Refused("x", "j", 2),
+            Claim("x", 1, 0, &[("j", 3)]),
+            Refused("x", "j", 3),
+            HasWork("x", false),
+            Claim("x", 1, 0, &[]),
+            // A refusal from a peer that never held the frame changes nothing.
+            Refused("q", "j", 4),
+            Claim("q", 1, 0, &[("j", 1)]),
+        ],
+    );
+}
+
+/// Three fresh identities that fail one frame fail the job; when the owner's Blender renders that frame, the
+/// failure is overruled: the job goes on, the frame is pending for someone else, and the reporters never get it.
+#[test]
+fn a_failure_the_owner_does_not_reproduce_is_overruled() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 2, 0, 0), &[], JobChange::Added, &[]),
+            Claim("x", 1, 0, &[("j", 1)]),
+            Failed("x", "j", 1, "boom", Fail::Retry),
+            Claim("y", 1, 0, &[("j", 1)]),
+            Failed("y", "j", 1, "boom", Fail::Retry),
+            Claim("z", 1, 0, &[("j", 1)]),
+            Failed("z", "j", 1, "boom", Fail::JobFailed("frame 1 failed on 3 volunteers")),
+            Offers(&[]),
+            Overrule("j", 1, true),
+            Overrule("j", 2, true),
+            Offers(&[("j", 2)]),
+            Claim("x", 2, 0, &[("j", 2)]),
+            Claim("w", 2, 0, &[("j", 1)]),
+        ],
+    );
+}
+
+/// Frames of a banned volunteer are rendered again: done frames become pending, others are left alone.
+#[test]
+fn redone_frames_are_pending_again() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[1, 2, 3], JobChange::Added, &[]),
+            Status("j", Some(st(3, 3, 0, 0))),
+            Redo("j", &[1, 3, 7], 2),
+            Redo("nope", &[1], 0),
+            Status("j", Some(st(3, 1, 0, 2))),
+            Redo("j", &[1], 0),
+            Claim("a", 5, 0, &[("j", 1), ("j", 3)]),
         ],
     );
 }

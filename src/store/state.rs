@@ -24,6 +24,11 @@ use crate::protocol::BlobHash;
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// `(job name, frame)` → nothing; presence means the frame is done.
 const DONE: TableDefinition<(&str, u32), ()> = TableDefinition::new("done_frames");
+/// `(job name, frame)` → the peer id (bytes) of the volunteer whose file is the done frame, so a volunteer caught
+/// cheating has every frame it delivered rendered again, even after a restart.
+const DELIVERED: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("delivered_by");
+/// Peer id (bytes) → why it is banned: volunteers caught delivering wrong frames, for the farm's lifetime.
+const BANNED: TableDefinition<&[u8], &str> = TableDefinition::new("banned_peers");
 
 /// What the host remembers about one of its jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +94,8 @@ impl StateStore {
         let txn = store.db.begin_write().map_err(store.db())?;
         txn.open_table(JOBS).map_err(store.db())?;
         txn.open_table(DONE).map_err(store.db())?;
+        txn.open_table(DELIVERED).map_err(store.db())?;
+        txn.open_table(BANNED).map_err(store.db())?;
         txn.commit().map_err(store.db())?;
         Ok(store)
     }
@@ -153,6 +160,8 @@ impl StateStore {
         {
             txn.open_table(JOBS).map_err(self.db())?.remove(name).map_err(self.db())?;
             self.clear_done(&mut txn.open_table(DONE).map_err(self.db())?, name)?;
+            let mut delivered = txn.open_table(DELIVERED).map_err(self.db())?;
+            delivered.retain_in((name, 0)..=(name, u32::MAX), |_, _| false).map_err(self.db())?;
         }
         txn.commit().map_err(self.db())
     }
@@ -179,13 +188,14 @@ impl StateStore {
         txn.commit().map_err(self.db())
     }
 
-    /// Marks many frames done in one durable commit: `(job, frame, version)` each, where `version` is the job's
-    /// version (the `blend` of its record) the frame was rendered from. One answer per frame, in order: a job
+    /// Marks many frames done in one durable commit: `(job, frame, version, by)` each, where `version` is the job's
+    /// version (the `blend` of its record) the frame was rendered from and `by` the peer id (bytes) of the volunteer
+    /// that delivered it. One answer per frame, in order: a job
     /// without a record is [`StateError::UnknownJob`], and a job whose version has changed since is
     /// [`StateError::Stale`], so a frame of the old version can never count as done for the new one. When the commit
     /// itself fails, every frame gets the error. One fsync for the lot is what makes storing frames keep up with many
     /// volunteers.
-    pub fn mark_done_batch(&self, frames: &[(String, u32, BlobHash)]) -> Vec<Result<(), StateError>> {
+    pub fn mark_done_batch(&self, frames: &[(String, u32, BlobHash, Vec<u8>)]) -> Vec<Result<(), StateError>> {
         let fail_all = |e: StateError| frames.iter().map(|_| Err(self.copy_err(&e))).collect();
         let txn = match self.db.begin_write() {
             Ok(txn) => txn,
@@ -193,13 +203,14 @@ impl StateStore {
         };
         let mut answers = Vec::with_capacity(frames.len());
         {
-            let (jobs, mut done) = match (txn.open_table(JOBS), txn.open_table(DONE)) {
-                (Ok(jobs), Ok(done)) => (jobs, done),
-                (Err(e), _) | (_, Err(e)) => {
+            let tables = (txn.open_table(JOBS), txn.open_table(DONE), txn.open_table(DELIVERED));
+            let (jobs, mut done, mut delivered) = match tables {
+                (Ok(jobs), Ok(done), Ok(delivered)) => (jobs, done, delivered),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     return fail_all(StateError::Db { path: self.path.clone(), source: e.into() })
                 }
             };
-            for (name, frame, version) in frames {
+            for (name, frame, version, by) in frames {
                 let record = match jobs.get(name.as_str()) {
                     Ok(Some(bytes)) => self.decode(name, bytes.value()),
                     Ok(None) => Err(StateError::UnknownJob { path: self.path.clone(), job: name.clone() }),
@@ -209,7 +220,11 @@ impl StateStore {
                     Ok(r) if r.blend != *version => {
                         Err(StateError::Stale { path: self.path.clone(), job: name.clone() })
                     }
-                    Ok(_) => done.insert((name.as_str(), *frame), ()).map(|_| ()).map_err(self.db()),
+                    Ok(_) => done
+                        .insert((name.as_str(), *frame), ())
+                        .and_then(|_| delivered.insert((name.as_str(), *frame), by.as_slice()))
+                        .map(|_| ())
+                        .map_err(self.db()),
                     Err(e) => Err(e),
                 };
                 answers.push(answer);
@@ -219,6 +234,43 @@ impl StateStore {
             return fail_all(StateError::Db { path: self.path.clone(), source: e.into() });
         }
         answers
+    }
+
+    /// Bans a volunteer (peer id bytes) for the farm's lifetime, and in the same commit un-marks every frame it
+    /// delivered, so they are rendered again even if the host stops now. Returns those frames, `(job, frame)`.
+    pub fn ban(&self, peer: &[u8], reason: &str) -> Result<Vec<(String, u32)>, StateError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        let mut redo = Vec::new();
+        {
+            txn.open_table(BANNED).map_err(self.db())?.insert(peer, reason).map_err(self.db())?;
+            let mut delivered = txn.open_table(DELIVERED).map_err(self.db())?;
+            for entry in delivered.iter().map_err(self.db())? {
+                let (key, by) = entry.map_err(self.db())?;
+                if by.value() == peer {
+                    let (job, frame) = key.value();
+                    redo.push((job.to_owned(), frame));
+                }
+            }
+            let mut done = txn.open_table(DONE).map_err(self.db())?;
+            for (job, frame) in &redo {
+                done.remove((job.as_str(), *frame)).map_err(self.db())?;
+                delivered.remove((job.as_str(), *frame)).map_err(self.db())?;
+            }
+        }
+        txn.commit().map_err(self.db())?;
+        Ok(redo)
+    }
+
+    /// Banned volunteers (peer id bytes) with the reason.
+    pub fn banned(&self) -> Result<Vec<(Vec<u8>, String)>, StateError> {
+        let txn = self.db.begin_read().map_err(self.db())?;
+        let table = txn.open_table(BANNED).map_err(self.db())?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(self.db())? {
+            let (peer, reason) = entry.map_err(self.db())?;
+            out.push((peer.value().to_vec(), reason.value().to_owned()));
+        }
+        Ok(out)
     }
 
     /// The same error again, for each frame of a batch that failed as a whole.

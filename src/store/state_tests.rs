@@ -209,12 +209,13 @@ fn a_batch_is_one_commit_and_never_marks_a_frame_of_an_old_version() {
     store.put_job("a", &record(b"v1", 1, 10)).unwrap();
     store.put_job("b", &record(b"b", 1, 10)).unwrap();
     let (v1, v2, b) = (BlobHash::of_bytes(b"v1"), BlobHash::of_bytes(b"v2"), BlobHash::of_bytes(b"b"));
+    let by = b"peer".to_vec();
     let answers = store.mark_done_batch(&[
-        ("a".into(), 1, v1),
-        ("b".into(), 4, b),
-        ("a".into(), 2, v2),
-        ("gone".into(), 1, v1),
-        ("a".into(), 3, v1),
+        ("a".into(), 1, v1, by.clone()),
+        ("b".into(), 4, b, by.clone()),
+        ("a".into(), 2, v2, by.clone()),
+        ("gone".into(), 1, v1, by.clone()),
+        ("a".into(), 3, v1, by),
     ]);
     let ok: Vec<bool> = answers.iter().map(Result::is_ok).collect();
     assert_eq!(ok, [true, true, false, false, true]);
@@ -224,4 +225,34 @@ fn a_batch_is_one_commit_and_never_marks_a_frame_of_an_old_version() {
     let store = StateStore::open(&path).unwrap();
     assert_eq!(store.done_frames("a").unwrap(), [1, 3]);
     assert_eq!(store.done_frames("b").unwrap(), [4]);
+}
+
+/// A ban is durable and takes back, in the same commit, every frame the banned volunteer delivered (and only those),
+/// across jobs; a removed job leaves no delivery records behind.
+#[test]
+fn a_ban_undoes_the_banned_volunteers_frames_durably() {
+    let (_dir, path, store) = open_temp();
+    store.put_job("a", &record(b"a", 1, 10)).unwrap();
+    store.put_job("b", &record(b"b", 1, 10)).unwrap();
+    let (a, b) = (BlobHash::of_bytes(b"a"), BlobHash::of_bytes(b"b"));
+    let (cheat, honest) = (b"cheat".to_vec(), b"honest".to_vec());
+    let frames = [
+        ("a".to_string(), 1, a, cheat.clone()),
+        ("a".to_string(), 2, a, honest.clone()),
+        ("b".to_string(), 5, b, cheat.clone()),
+        ("a".to_string(), 3, a, cheat.clone()),
+    ];
+    assert!(store.mark_done_batch(&frames).iter().all(Result::is_ok));
+    // Frame 3 rendered again by the honest volunteer: it is no longer the cheat's.
+    assert!(store.mark_done_batch(&[("a".into(), 3, a, honest.clone())])[0].is_ok());
+    let mut redo = store.ban(&cheat, "failed verification on frame 1 of a").unwrap();
+    redo.sort();
+    assert_eq!(redo, [("a".to_string(), 1), ("b".to_string(), 5)]);
+    drop(store);
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.done_frames("a").unwrap(), [2, 3]);
+    assert_eq!(store.done_frames("b").unwrap(), Vec::<u32>::new());
+    assert_eq!(store.banned().unwrap(), [(cheat.clone(), "failed verification on frame 1 of a".to_string())]);
+    store.remove_job("a").unwrap();
+    assert!(store.ban(&honest, "x").unwrap().is_empty(), "the removed job's deliveries went with it");
 }

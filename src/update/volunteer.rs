@@ -16,8 +16,8 @@ use super::{host::OwnBinary, manifest, self_check};
 use crate::{
     net::Client,
     protocol::{
-        read_header, read_header_max, write_header, BlobHash, BlobReply, PlatformBinary, SignedManifest, UpdateRequest,
-        MAX_MANIFEST, UPDATE_PROTOCOL,
+        read_header_max, write_header, BlobHash, BlobReply, PlatformBinary, SignedManifest, UpdateRequest,
+        MAX_BLOB_HEADER, MAX_MANIFEST, UPDATE_PROTOCOL,
     },
     store::blobs::BlobStore,
 };
@@ -236,12 +236,23 @@ impl Updater {
     }
 }
 
+/// How long an owner may take to answer an update request, so one that stops answering never holds the updater.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads an owner's reply header within [`REPLY_TIMEOUT`].
+async fn reply<T: for<'de> serde::Deserialize<'de>>(stream: &mut libp2p::Stream, max: u32) -> Result<T, UpdateError> {
+    match tokio::time::timeout(REPLY_TIMEOUT, read_header_max(stream, max)).await {
+        Ok(header) => header.map_err(|e| UpdateError::Network(e.to_string())),
+        Err(_) => Err(UpdateError::Network(format!("no answer in {} s", REPLY_TIMEOUT.as_secs()))),
+    }
+}
+
 /// Asks `owner` for its signed manifest over the unversioned update protocol (`None`: it has none).
 pub async fn fetch_manifest(client: &Client, owner: PeerId) -> Result<Option<SignedManifest>, UpdateError> {
     let net = |e: &dyn std::fmt::Display| UpdateError::Network(e.to_string());
-    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| net(&e))?;
+    let mut stream = client.open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| net(&e))?;
     write_header(&mut stream, &UpdateRequest::Manifest).await.map_err(|e| net(&e))?;
-    read_header_max(&mut stream, MAX_MANIFEST as u32).await.map_err(|e| net(&e))
+    reply(&mut stream, MAX_MANIFEST as u32).await
 }
 
 /// Fetches a build by hash from the owner into the blob cache, verified; a corrupt blob is refused.
@@ -253,9 +264,9 @@ async fn fetch(
 ) -> Result<PathBuf, UpdateError> {
     let net = |e: &dyn std::fmt::Display| UpdateError::Network(e.to_string());
     let blobs = BlobStore::open(cache_dir.join("updates")).map_err(UpdateError::Transfer)?;
-    let mut stream = client.streams().open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| net(&e))?;
+    let mut stream = client.open_stream(owner, UPDATE_PROTOCOL).await.map_err(|e| net(&e))?;
     write_header(&mut stream, &UpdateRequest::Build { hash: build.hash }).await.map_err(|e| net(&e))?;
-    match read_header(&mut stream).await.map_err(|e| net(&e))? {
+    match reply(&mut stream, MAX_BLOB_HEADER).await? {
         BlobReply::Found { size } if size == build.size => {
             blobs.receive(&build.hash, size, &mut stream).await.map_err(|e| match e {
                 e @ crate::store::blobs::BlobError::HashMismatch { .. } => UpdateError::Corrupt(e),

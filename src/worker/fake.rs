@@ -30,8 +30,22 @@ impl FakeRenderer {
 
     /// The bytes the fake writes for `frame` of the .blend whose content hash is `blend_name` (hex), so tests can
     /// check what arrived.
+    /// It is a real 8×8 PNG (the host decodes every frame before accepting it), its pixels drawn from the sha256 of
+    /// `fake frame N of BLEND`, so each frame of each .blend is different.
     pub fn content(blend_name: &str, frame: u32) -> Vec<u8> {
-        format!("fake frame {frame} of {blend_name}\n").into_bytes()
+        use sha2::Digest as _;
+        let mut seed = sha2::Sha256::digest(format!("fake frame {frame} of {blend_name}\n")).to_vec();
+        let mut pixels = Vec::with_capacity(8 * 8 * 3);
+        while pixels.len() < 8 * 8 * 3 {
+            pixels.extend_from_slice(&seed);
+            seed = sha2::Sha256::digest(&seed).to_vec();
+        }
+        pixels.truncate(8 * 8 * 3);
+        let mut png = Vec::new();
+        let encoder = image::codecs::png::PngEncoder::new(&mut png);
+        // Encoding 192 bytes into memory cannot fail; an empty file would be refused by the host anyway.
+        let _ = image::ImageEncoder::write_image(encoder, &pixels, 8, 8, image::ExtendedColorType::Rgb8);
+        png
     }
 
     /// The most frames this renderer was ever rendering at once.

@@ -20,8 +20,8 @@ use super::{
 use crate::{
     net::Client,
     protocol::{
-        read_header, truncate_utf8, write_header, BlobHash, BlobReply, BlobRequest, ExtraOutput, FrameGrant,
-        WorkRequest, WorkResponse, BLOB_PROTOCOL, MAX_ERROR_TEXT,
+        one_line, read_header, truncate_utf8, write_header, BlobHash, BlobReply, BlobRequest, ExtraOutput, FrameGrant,
+        WorkRequest, WorkResponse, BLOB_PROTOCOL, MAX_ERROR_TEXT, MAX_LOGGED_TEXT,
     },
     store::blobs::{hash_file, send_file, BlobError, BlobStore},
 };
@@ -30,10 +30,28 @@ use crate::{
 /// no backlog), and a dropped stream is worth another try, not a lost frame.
 const BLOB_ATTEMPTS: u32 = 6;
 
-/// How long an owner may take to answer a blob request before the exchange is tried again.
-const HEADER_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an owner may take to store an uploaded frame (rename, fsync, commit) and say so.
-const STORED_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a volunteer waits for an owner's answers on blob streams before it tries the exchange again (opening a
+/// stream is bounded by [`crate::net::OPEN_TIMEOUT`], work requests by the request timeout, and every read of a
+/// blob's bytes by [`crate::store::blobs::STALL_TIMEOUT`]). An owner that stops answering so never holds a render
+/// slot for longer than [`BLOB_ATTEMPTS`] times these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// For the owner's reply header to a blob request.
+    pub reply: Duration,
+    /// For the owner to store an uploaded frame (rename, fsync, commit) and say so.
+    pub stored: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Self { reply: Duration::from_secs(30), stored: Duration::from_secs(120) }
+    }
+}
+
+/// What an owner's refusal (or unexpected answer) says, for a log line: it comes from the network.
+fn refusal(reason: &str) -> String {
+    one_line(reason, MAX_LOGGED_TEXT)
+}
 
 /// The owner's reply header, or a transport failure (tried again) if it does not come in time: an owner that
 /// stops answering must not hold a render slot forever.
@@ -90,6 +108,7 @@ pub(super) struct Slot<R> {
     pub caps: std::sync::Mutex<Option<crate::protocol::VolunteerCaps>>,
     /// Frames this volunteer delivered, for its progress lines.
     pub delivered: std::sync::atomic::AtomicU64,
+    pub patience: Patience,
 }
 
 impl<R: Renderer> Slot<R> {
@@ -176,9 +195,9 @@ impl<R: Renderer> Slot<R> {
         }
         debug!("fetching blob {} ({expected} bytes) from {host}", hash.short());
         with_retries("fetching a blob", || async {
-            let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
+            let mut stream = self.client.open_stream(host, BLOB_PROTOCOL).await?;
             write_header(&mut stream, &BlobRequest::Get { hash }).await?;
-            match reply(&mut stream, HEADER_REPLY_TIMEOUT).await? {
+            match reply(&mut stream, self.patience.reply).await? {
                 BlobReply::Found { size } if size == expected => {
                     match self.blobs.receive(&hash, size, &mut stream).await {
                         Ok(path) => Ok(path),
@@ -190,7 +209,12 @@ impl<R: Renderer> Slot<R> {
                 BlobReply::Found { size } => {
                     Err(Exchange::Final(anyhow::anyhow!("the host offers {size} bytes for a {expected}-byte blob")))
                 }
-                other => Err(Exchange::Final(anyhow::anyhow!("the host answered {other:?}"))),
+                BlobReply::Refused { reason } => Err(Exchange::Final(anyhow::anyhow!(
+                    "the host refused blob {}: {}",
+                    hash.short(),
+                    refusal(&reason)
+                ))),
+                other => Err(Exchange::Final(anyhow::anyhow!("the host answered {}", refusal(&format!("{other:?}"))))),
             }
         })
         .await
@@ -247,7 +271,8 @@ impl<R: Renderer> Slot<R> {
                 debug!("host no longer wants frame {} of {}", grant.frame, grant.job);
                 Ok(())
             }
-            other => Err(format!("host answered {other:?}")),
+            WorkResponse::Refused { reason } => Err(format!("the host refused the frame: {}", refusal(&reason))),
+            other => Err(format!("host answered {}", refusal(&format!("{other:?}")))),
         }?;
         self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!("frame {} of {} delivered", grant.frame, grant.job);
@@ -256,16 +281,16 @@ impl<R: Renderer> Slot<R> {
 
     async fn upload(&self, host: PeerId, blob: BlobHash, size: u64, path: &Path) -> anyhow::Result<()> {
         with_retries("uploading the frame", || async {
-            let mut stream = self.client.streams().open_stream(host, BLOB_PROTOCOL).await?;
+            let mut stream = self.client.open_stream(host, BLOB_PROTOCOL).await?;
             write_header(&mut stream, &BlobRequest::Put { hash: blob, size }).await?;
             send_file(path, &mut stream).await?;
             stream.flush().await?;
-            match reply(&mut stream, STORED_REPLY_TIMEOUT).await? {
+            match reply(&mut stream, self.patience.stored).await? {
                 BlobReply::Stored => Ok(()),
                 BlobReply::Refused { reason } => {
-                    Err(Exchange::Final(anyhow::anyhow!("the host refused the frame: {reason}")))
+                    Err(Exchange::Final(anyhow::anyhow!("the host refused the frame: {}", refusal(&reason))))
                 }
-                other => Err(Exchange::Final(anyhow::anyhow!("the host answered {other:?}"))),
+                other => Err(Exchange::Final(anyhow::anyhow!("the host answered {}", refusal(&format!("{other:?}"))))),
             }
         })
         .await

@@ -13,7 +13,11 @@ mod project;
 mod session;
 mod slots;
 
+pub use frame::Patience;
 pub use session::Limits;
+/// The driver's reply parser, for the fuzz targets in `fuzz/` only.
+#[doc(hidden)]
+pub use session::{parse_reply, read_lines, DriverReply, Tail};
 
 use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc};
 
@@ -41,6 +45,8 @@ pub struct WorkerConfig {
     pub updater: Option<Arc<Updater>>,
     /// What this volunteer's Blender can do, told to owners with every claim; `None` (the fake renderer) says nothing.
     pub caps: Option<crate::protocol::VolunteerCaps>,
+    /// How long to wait for an owner's answers on blob streams.
+    pub patience: Patience,
 }
 
 /// What the `join` command is asked to do, in the library's own terms.
@@ -84,6 +90,7 @@ pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Sen
         renderers,
         updater: Some(updater.clone()),
         caps: Some(crate::protocol::VolunteerCaps { name, ..renderer.caps().clone() }),
+        patience: Patience::default(),
     };
     // Asked to stop, the volunteer stops, even with an update staged: it must not restart itself instead.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -123,6 +130,7 @@ pub fn start<R: Renderer>(
         listen: vec![],
         bootstrap: config.bootstrap.clone(),
         mdns: config.mdns,
+        max_peers: crate::protocol::DEFAULT_MAX_PEERS,
     })?;
     info!("volunteer {} started", client.peer_id());
     if config.mdns {
@@ -140,6 +148,7 @@ pub fn start<R: Renderer>(
         next_dir: Default::default(),
         delivered: Default::default(),
         caps: std::sync::Mutex::new(config.caps.clone()),
+        patience: config.patience,
     });
     if config.caps.is_some() {
         // Whether Eevee works here takes a few seconds of Blender to learn: claims go out meanwhile without it.

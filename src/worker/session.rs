@@ -13,7 +13,7 @@ use std::{
 
 use serde::Deserialize;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin},
     sync::mpsc,
 };
@@ -27,6 +27,9 @@ const MARK: &str = "@@BLENDERDIST@@ ";
 const FILE_OUTPUTS: &str = "file_outputs";
 /// Lines of Blender's output kept for error reports.
 const TAIL_LINES: usize = 25;
+/// Longest line of Blender's output kept (longer ones are cut): room for the driver's ready line, whose list of
+/// missing files is bounded by the job manifest's size.
+const MAX_LINE: usize = 2 * crate::protocol::MAX_JOB_MANIFEST as usize;
 /// How long Blender may take to load a .blend and say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a rendering Blender's memory is checked against the limit.
@@ -50,9 +53,10 @@ pub struct Launch {
     pub device: String,
 }
 
-/// One line from the driver.
+/// One line from the driver. Public (hidden) for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
 #[derive(Debug, Deserialize)]
-struct DriverReply {
+pub struct DriverReply {
     /// Only on the first line: whether the driver could start (false: `error` says why).
     #[serde(default)]
     ready: Option<bool>,
@@ -70,7 +74,8 @@ struct DriverReply {
     missing_files: Vec<String>,
 }
 
-type Tail = Arc<Mutex<VecDeque<String>>>;
+#[doc(hidden)]
+pub type Tail = Arc<Mutex<VecDeque<String>>>;
 
 pub struct Session {
     pub blend: PathBuf,
@@ -227,7 +232,7 @@ impl Session {
     async fn next_reply(&mut self) -> Option<DriverReply> {
         loop {
             let json = self.replies.recv().await?;
-            if let Ok(reply) = serde_json::from_str::<DriverReply>(&json) {
+            if let Some(reply) = parse_reply(&json) {
                 return Some(reply);
             }
         }
@@ -256,10 +261,21 @@ impl Session {
     }
 }
 
-/// Splits a Blender pipe into driver replies (sent on `replies`) and output lines (kept in `tail`).
-async fn read_lines(pipe: impl AsyncRead + Unpin, tail: Tail, replies: Option<mpsc::Sender<String>>) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+/// A driver reply from a line of Blender's stdout, [`MARK`] already stripped; `None` for anything else.
+#[doc(hidden)]
+pub fn parse_reply(json: &str) -> Option<DriverReply> {
+    serde_json::from_str(json).ok()
+}
+
+/// Splits a Blender pipe into driver replies (sent on `replies`) and output lines (kept in `tail`), reading it to
+/// its end whatever it holds: a reader that stopped early (at a file name that is not UTF-8, say) would leave
+/// Blender blocked on a full pipe. Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub async fn read_lines(pipe: impl AsyncRead + Unpin, tail: Tail, replies: Option<mpsc::Sender<String>>) {
+    let mut pipe = BufReader::new(pipe);
+    let mut raw = Vec::new();
+    while let Ok(true) = next_line(&mut pipe, &mut raw, MAX_LINE).await {
+        let line = String::from_utf8_lossy(&raw).into_owned();
         if let (Some(json), Some(tx)) = (line.strip_prefix(MARK), &replies) {
             if tx.send(json.to_string()).await.is_err() {
                 return;
@@ -272,6 +288,36 @@ async fn read_lines(pipe: impl AsyncRead + Unpin, tail: Tail, replies: Option<mp
         }
         tail.push_back(line);
     }
+}
+
+/// Reads the next line into `raw`, without its `\n` or `\r\n`, keeping at most `max` bytes of it (the rest of the
+/// line is read and dropped); false at the end of the pipe.
+async fn next_line(pipe: &mut (impl AsyncBufRead + Unpin), raw: &mut Vec<u8>, max: usize) -> std::io::Result<bool> {
+    raw.clear();
+    let mut any = false;
+    loop {
+        let chunk = pipe.fill_buf().await?;
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        let (used, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (chunk.len(), false),
+        };
+        let keep = used.min(max.saturating_sub(raw.len()));
+        raw.extend_from_slice(&chunk[..keep]);
+        pipe.consume(used);
+        if end {
+            break;
+        }
+    }
+    for end in [b'\n', b'\r'] {
+        if raw.last() == Some(&end) {
+            raw.pop();
+        }
+    }
+    Ok(any)
 }
 
 /// The files File Output nodes wrote under `dir` (`dir/<node>/<name>`), found by walking the folder rather than
@@ -304,4 +350,35 @@ fn file_outputs(dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
     }
     found.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzz/fuzz_targets/driver_reply.rs: a byte that is not UTF-8 (a Latin-1 file name Blender prints, say)
+    /// stopped the reader, losing every reply after it and leaving Blender to block on a full pipe.
+    #[tokio::test]
+    async fn output_that_is_not_utf8_is_read_to_the_end() {
+        let out = b"Warning: cannot read '/tex/caf\xe9.png'\r\n@@BLENDERDIST@@ {\"frame\": 3, \"ok\": true}\nlast";
+        let tail: Tail = Arc::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        read_lines(&out[..], tail.clone(), Some(tx)).await;
+        let reply = parse_reply(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!((reply.frame, reply.ok), (Some(3), Some(true)));
+        let tail = Vec::from(tail.lock().unwrap().clone());
+        assert_eq!(tail, ["Warning: cannot read '/tex/caf\u{fffd}.png'", "last"]);
+    }
+
+    /// A line longer than the limit is cut, and the next line is read whole.
+    #[tokio::test]
+    async fn long_lines_are_cut() {
+        let mut pipe = BufReader::with_capacity(4, &b"abcdefghij\nxy\r\n"[..]);
+        let mut raw = Vec::new();
+        assert!(next_line(&mut pipe, &mut raw, 6).await.unwrap());
+        assert_eq!(raw, b"abcdef");
+        assert!(next_line(&mut pipe, &mut raw, 6).await.unwrap());
+        assert_eq!(raw, b"xy");
+        assert!(!next_line(&mut pipe, &mut raw, 6).await.unwrap());
+    }
 }

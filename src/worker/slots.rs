@@ -99,7 +99,12 @@ async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals:
                 let project = slot.fetch_project(host, &grant).await;
                 return Some(Prepared { host, grant, project, lease, recalled });
             }
-            Ok(WorkResponse::Refused { reason }) => warn!("host {host} refused work: {reason}"),
+            Ok(WorkResponse::Refused { reason }) => {
+                warn!(
+                    "host {host} refused work: {}",
+                    crate::protocol::one_line(&reason, crate::protocol::MAX_LOGGED_TEXT)
+                )
+            }
             Ok(WorkResponse::NoWork) => {}
             Ok(other) => debug!("unexpected answer to a claim: {other:?}"),
             Err(e) => debug!("claim failed: {e}"),

@@ -44,9 +44,16 @@ pub fn wait_until_blocking(what: &str, limit: Duration, mut cond: impl FnMut() -
 }
 
 /// Writes a job file atomically (temp file, then rename), as an owner's tools should.
+/// Writes a job file atomically, with spot checks off (`verify = 0`): the tests that count who rendered what would
+/// otherwise see the check copies; tests/verify.rs writes jobs with checks on through [`write_job_with`].
 pub fn write_job(jobdir: &Path, name: &str, blend: &str, first: u32, last: u32) {
+    write_job_with(jobdir, name, blend, first, last, "verify = 0\n");
+}
+
+/// Writes a job file atomically with `options` (lines of `key = value`) after its three lines.
+pub fn write_job_with(jobdir: &Path, name: &str, blend: &str, first: u32, last: u32, options: &str) {
     let tmp = jobdir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, format!("{blend}\n{first}\n{last}\n")).unwrap();
+    std::fs::write(&tmp, format!("{blend}\n{first}\n{last}\n{options}")).unwrap();
     std::fs::rename(tmp, jobdir.join(format!("{name}.job"))).unwrap();
 }
 
@@ -107,11 +114,41 @@ pub fn shutdown_switch() -> (tokio::sync::oneshot::Sender<()>, impl std::future:
     })
 }
 
-/// Logs from in-process nodes, shown for failing tests (RUST_LOG picks the level; default info).
+/// Logs from in-process nodes, shown for failing tests (RUST_LOG picks the level; default info). Warnings and
+/// errors are also kept for [`warnings`].
 pub fn init_tracing() {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, Layer as _};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("blenderdist=info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_test_writer().with_filter(filter))
+        .with(WarningLog.with_filter(tracing_subscriber::EnvFilter::new("blenderdist=warn")))
+        .try_init();
+}
+
+/// Every warning and error blenderdist's in-process nodes in this test binary logged so far, each as its target,
+/// message and fields on one line. Tests run in parallel: look for something only your test can have caused (a peer id).
+pub fn warnings() -> Vec<String> {
+    WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps warnings for [`warnings`].
+struct WarningLog;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarningLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut line = Line(event.metadata().target().to_string());
+        event.record(&mut line);
+        WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).push(line.0);
+    }
 }
 
 pub async fn start_host(dirs: &Dirs) -> (RunningHost, tokio::sync::oneshot::Sender<()>) {
@@ -137,8 +174,15 @@ pub fn start_fake_worker_with(
     caps: Option<blenderdist::protocol::VolunteerCaps>,
 ) -> (tokio::task::JoinHandle<anyhow::Result<()>>, tokio::sync::oneshot::Sender<()>) {
     let (stop, shutdown) = shutdown_switch();
-    let config =
-        WorkerConfig { cache_dir: cache, bootstrap: vec![bootstrap], mdns: false, renderers: 1, updater: None, caps };
+    let config = WorkerConfig {
+        cache_dir: cache,
+        bootstrap: vec![bootstrap],
+        mdns: false,
+        renderers: 1,
+        updater: None,
+        caps,
+        patience: Default::default(),
+    };
     (worker::start(config, renderer, shutdown).unwrap(), stop)
 }
 
@@ -248,6 +292,7 @@ pub fn raw_peer(
         listen: vec![],
         bootstrap: vec![host.clone()],
         mdns: false,
+        max_peers: blenderdist::protocol::DEFAULT_MAX_PEERS,
     })
     .unwrap()
 }
