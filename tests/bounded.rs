@@ -141,13 +141,7 @@ async fn a_flood_of_connections_leaves_the_job_finishing_and_newcomers_served() 
     std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
     let (host, _stop_host) = start_host(&dirs).await;
     let (addr, host_id) = (host.addrs[0].clone(), host.peer_id);
-    let port = addr
-        .iter()
-        .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .unwrap();
+    let port = tcp_port(&addr);
     write_job(&dirs.jobdir, "j", "scene.blend", 1, 30);
     let (_w, _stop_w) = start_fake_worker(dirs.cache("w"), addr.clone(), FakeRenderer::new(Duration::from_millis(100)));
     // More silent connections than the host takes into its handshake at once, held until the end of the test.

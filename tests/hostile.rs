@@ -22,13 +22,7 @@ async fn junk_bytes_and_half_open_connections_do_not_stop_the_host_or_the_job() 
     std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
     let (host, _stop_host) = start_host(&dirs).await;
     let addr = host.addrs[0].clone();
-    let port = addr
-        .iter()
-        .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .unwrap();
+    let port = tcp_port(&addr);
     write_job(&dirs.jobdir, "j", "scene.blend", 1, 20);
     let (_w, _stop_w) = start_fake_worker(dirs.cache("w"), addr, FakeRenderer::new(Duration::from_millis(100)));
 

@@ -283,6 +283,16 @@ pub fn png_pixels(path: &Path) -> (u32, u32, String, Vec<u8>) {
 }
 
 /// A bare peer on the work protocol (no renderer), connected to `host`: for tests that misbehave on purpose.
+/// The TCP port of a multiaddr (a host's listen address).
+pub fn tcp_port(addr: &Multiaddr) -> u16 {
+    addr.iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a TCP address")
+}
+
 pub fn raw_peer(
     host: &Multiaddr,
 ) -> (blenderdist::net::Client, tokio::sync::mpsc::Receiver<blenderdist::net::NetEvent>) {
