@@ -217,6 +217,10 @@ pub fn to_text(report: &StatusReport) -> String {
         out.push_str(&peers_table(&report.peers).to_string());
         out.push('\n');
     }
+    for ban in &report.banned {
+        let (name, reason) = (crate::protocol::one_line(&ban.name, 64), crate::protocol::one_line(&ban.reason, 512));
+        out.push_str(&format!("banned: {name} (…{}): {reason}\n", short_id(&ban.id)));
+    }
     out
 }
 
@@ -260,11 +264,15 @@ fn jobs_table(jobs: &[JobReport]) -> Table {
     table
 }
 
+/// A peer id's last 8 characters, not bytes: the host sends any text (a byte offset could split a character).
+fn short_id(id: &str) -> String {
+    id.chars().skip(id.chars().count().saturating_sub(8)).collect()
+}
+
 fn peers_table(peers: &[PeerReport]) -> Table {
     let mut table = new_table(&["volunteer", "peer", "Blender", "done", "per frame", "rendering now"]);
     for peer in peers {
-        // The id's last 8 characters, not bytes: the host sends any text (a byte offset could split a character).
-        let id: String = peer.id.chars().skip(peer.id.chars().count().saturating_sub(8)).collect();
+        let id = short_id(&peer.id);
         let now: Vec<String> = peer.rendering.iter().map(|f| format!("{} frame {}", f.job, f.frame)).collect();
         table.add_row(vec![
             Cell::new(&peer.name),
@@ -352,9 +360,16 @@ mod tests {
             rendering: vec![],
             avg_frame_seconds: None,
         };
-        let report = StatusReport { jobs: vec![], peers: vec![peer("12D3KooWDpJ7YKD\u{feff}kx6nXTN"), peer("é")] };
+        let report = StatusReport {
+            jobs: vec![],
+            peers: vec![peer("12D3KooWDpJ7YKD\u{feff}kx6nXTN"), peer("é")],
+            banned: vec![crate::protocol::BannedPeer {
+                id: "é".into(), name: "bob\npc".into(), reason: "x\ny".into()
+            }],
+        };
         let text = to_text(&report);
         assert!(text.contains("…\u{feff}kx6nXTN") && text.contains("…é"), "{text}");
+        assert!(text.contains("banned: bob\\npc (…é): x\\ny"), "{text}");
     }
 
     #[test]
@@ -381,6 +396,7 @@ mod tests {
                 rendering: vec![FrameRef { job: "shot1".into(), frame: 41 }],
                 avg_frame_seconds: Some(40.0),
             }],
+            banned: vec![],
         };
         let text = to_text(&report);
         let row = |first: &str| text.lines().find(|l| l.contains(first)).unwrap_or_default().to_string();

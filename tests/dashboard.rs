@@ -146,6 +146,7 @@ fn snapshot() -> Snapshot {
             peer("12D3KooWAbC9rTzT4ffqUe7nD3kCz6h1xJvYpL2sWm8oQeRtUvcd", "render-box-02", Some("4.2.0"), 8, &[23]),
             peer("12D3KooWZz1yXw2vU3tS4rQ5pO6nM7lK8jI9hG0fE1dC2bA3z9ef", "laptop", None, 0, &[]),
         ],
+        banned: vec![],
     };
     let grid = |job: &str, first: u32, states: String| FrameGrid { job: job.into(), first, states, per_cell: 1 };
     let recent = |frame: u32, file: &str, by: &str| FinishedFrame {

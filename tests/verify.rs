@@ -100,10 +100,11 @@ fn a_cheating_volunteer_is_caught_banned_and_its_frames_rendered_again() {
     // The job ends again once the cheat's frames are rendered again.
     wait_until_blocking("the job, rendered honestly", LIMIT, || after_ban().contains("finished: 6 frames"));
     assert_eq!(files_in(&out), names);
+    // Each honest volunteer's first frame is checked by the other, which may finish after the job.
+    wait_until_blocking("the honest volunteers' checks", LIMIT, || log().contains("verified: frame"));
     let log = log();
     assert!(log.contains("cheater (12D3KooW") && log.contains("failed verification on frame"), "{log}");
     assert!(log.contains("frames are rendered again"), "{log}");
-    assert!(log.contains("verified: frame"), "the honest volunteers checked each other: {log}");
     for honest in ["alice (", "bob ("] {
         let accused = log.lines().any(|l| {
             l.split("failed verification").next().is_some_and(|who| who.contains(honest))
@@ -112,6 +113,11 @@ fn a_cheating_volunteer_is_caught_banned_and_its_frames_rendered_again() {
         assert!(!accused, "{honest} was accused:\n{log}");
     }
     assert_same_pixels(&baseline, &out, &names);
+    // `status` names the banned volunteer and why.
+    let status = Command::new(BIN).args(["status", &addr, "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["banned"][0]["name"], "cheater", "{status}");
+    assert!(status["banned"][0]["reason"].as_str().unwrap_or_default().contains("failed verification"), "{status}");
     let cheat_log = std::fs::read_to_string(logs.join("cheat.log")).unwrap_or_default();
     assert!(cheat_log.contains("banned from this farm"), "the cheat is told: {cheat_log}");
 }
@@ -237,4 +243,45 @@ async fn fail_frame_one_thrice(dirs: &Dirs, blend: &str) -> String {
     .await;
     std::mem::forget(host);
     std::fs::read_to_string(&log_path).unwrap_or_default()
+}
+
+/// With the owner's Blender, the host knows the scene's size: a frame of another size is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_of_the_wrong_size_is_refused() {
+    if !blender_available() {
+        return skip("blender is not installed (CI installs it: apt-get install -y blender)");
+    }
+    let dirs = Dirs::new();
+    make_scene(&dirs.jobdir.join("scene.blend"), 2, "64x48", 4);
+    init_tracing();
+    let (_stop, shutdown) = shutdown_switch();
+    let config = blenderdist::host::HostConfig { blender: Some("blender".into()), ..dirs.host_config() };
+    let host = blenderdist::host::start(config, shutdown).await.unwrap();
+    write_job(&dirs.jobdir, "j", "scene.blend", 1, 2);
+    let (client, _events) = raw_peer(&host.addrs[0]);
+    let grant = claim_one_frame(&client, host.peer_id).await.expect("a grant");
+    // A real PNG, 8×8 pixels, where the scene renders 64×48.
+    let small = blenderdist::worker::fake::FakeRenderer::content("x", 1);
+    let hash = BlobHash::of_bytes(&small);
+    let notice = WorkRequest::Rendered {
+        job: "j".into(),
+        frame: grant.frame,
+        blend: grant.blend,
+        blob: hash,
+        size: small.len() as u64,
+        ext: "png".into(),
+        outputs: vec![],
+    };
+    assert_eq!(client.request(host.peer_id, notice).await.unwrap(), WorkResponse::Upload);
+    let mut control = client.streams();
+    let mut stream = control.open_stream(host.peer_id, BLOB_PROTOCOL).await.unwrap();
+    write_header(&mut stream, &BlobRequest::Put { hash, size: small.len() as u64 }).await.unwrap();
+    stream.write_all(&small).await.unwrap();
+    let reply: BlobReply = read_header(&mut stream).await.unwrap();
+    assert!(matches!(reply, BlobReply::Refused { .. }), "{reply:?}");
+    let log_path = dirs.jobdir.join("j.log");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until("the refusal", Duration::from_secs(30), || log().contains(" refused: ")).await;
+    assert!(log().contains("it is 8×8 pixels, the job renders 64×48"), "{}", log());
+    assert!(files_in(&dirs.renderdir.join("j")).is_empty());
 }

@@ -195,6 +195,13 @@ pub async fn start(
     let (prepared_tx, prepared) = mpsc::channel(16);
     let (checked_tx, checked) = mpsc::channel(64);
     let banned = state.banned().with_context(|| format!("cannot read the bans in {}", state.path().display()))?;
+    let bans: Vec<crate::protocol::BannedPeer> = banned
+        .iter()
+        .filter_map(|(bytes, reason)| {
+            let id = PeerId::from_bytes(bytes).ok()?.to_string();
+            Some(crate::protocol::BannedPeer { name: id.clone(), id, reason: reason.clone() })
+        })
+        .collect();
     let banned: Vec<PeerId> = banned.iter().filter_map(|(bytes, _)| PeerId::from_bytes(bytes).ok()).collect();
     if !banned.is_empty() {
         info!("{} volunteers are banned from this farm (they delivered wrong frames)", banned.len());
@@ -216,6 +223,7 @@ pub async fn start(
         prepared_tx,
         scheduler: Scheduler::new(config.scheduler),
         verifier: Verifier::new(VerifyConfig::default(), banned),
+        bans,
         checked_tx,
         jobs: jobs::JobTable::default(),
         blob_server,
@@ -300,6 +308,8 @@ struct Host {
     scheduler: Scheduler<PeerId>,
     /// Spot checks: which stored frames another volunteer renders again, and who is banned.
     verifier: Verifier<PeerId>,
+    /// Banned volunteers with the reason, for status and the dashboard.
+    bans: Vec<crate::protocol::BannedPeer>,
     /// Where frame checks, comparisons and bans done off the loop report back.
     checked_tx: mpsc::Sender<verify::CheckDone>,
     jobs: jobs::JobTable,

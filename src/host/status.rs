@@ -172,7 +172,7 @@ pub(super) fn other_job(name: &str, error: Option<&str>) -> JobReport {
 
 /// The report: jobs in the scheduler's service order, then job files that are not running, by name.
 pub(super) fn report(jobs: Vec<JobReport>, peers: Vec<PeerReport>) -> StatusReport {
-    StatusReport { jobs, peers }
+    StatusReport { jobs, peers, banned: Vec::new() }
 }
 
 impl super::Host {
@@ -192,7 +192,7 @@ impl super::Host {
             jobs.push(other_job(&name, error.as_deref()));
         }
         let peers = self.tallies.peer_reports(|peer| leases.get(peer).cloned().unwrap_or_default());
-        report(jobs, peers)
+        StatusReport { banned: self.bans.clone(), ..report(jobs, peers) }
     }
 }
 

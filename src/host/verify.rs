@@ -216,6 +216,9 @@ impl Host {
             per_job.entry(job).or_default().push(frame);
         }
         warn!("volunteer {by} banned: {reason}");
+        let (id, name) = (peer.to_string(), self.tallies.name_of(&peer));
+        self.bans.retain(|b| b.id != id);
+        self.bans.push(crate::protocol::BannedPeer { id, name, reason: reason.to_string() });
         for recall in self.scheduler.peer_gone(&peer) {
             tracing::debug!("frame {} of {} requeued: its holder is banned", recall.1, recall.0);
         }

@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize};
 pub struct StatusReport {
     pub jobs: Vec<JobReport>,
     pub peers: Vec<PeerReport>,
+    /// Volunteers banned from the farm for delivering a frame that failed verification (absent from older hosts).
+    #[serde(default)]
+    pub banned: Vec<BannedPeer>,
+}
+
+/// A volunteer the host refuses for good: it delivered a frame that other volunteers' copies contradicted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BannedPeer {
+    pub id: String,
+    /// Its name when the ban happened in this run of the host (sanitized), else its peer id.
+    pub name: String,
+    pub reason: String,
 }
 
 /// Where a job stands.
