@@ -77,8 +77,14 @@ async fn a_volunteer_started_before_the_host_joins_when_it_appears() {
     // Reserve a port, release it, and point the volunteer at it before the host exists.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    init_tracing();
     let (_w, _stop_w) = start_fake_worker(dirs.cache("w"), addr.clone(), FakeRenderer::new(Duration::from_millis(5)));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The volunteer has found nobody there (its failed dial is logged with the port) before the host starts.
+    let refused = format!("127.0.0.1/tcp/{port}");
+    wait_until("a failed dial", LIMIT, || {
+        warnings().iter().any(|w| w.contains(&refused) && w.contains("cannot reach"))
+    })
+    .await;
     let mut config = dirs.host_config();
     config.listen = vec![addr];
     let (_stop, shutdown) = shutdown_switch();
