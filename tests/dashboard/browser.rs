@@ -193,7 +193,10 @@ impl Browser {
         let png = base64_decode(shot["data"].as_str().unwrap());
         let image = image::load_from_memory(&png).unwrap();
         assert_eq!((image.width(), image.height()), (1280, 800));
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(name);
+        // Under target/ even when CARGO_TARGET_DIR puts the build elsewhere (then the folder may not exist yet).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
         std::fs::write(&path, png).unwrap();
         eprintln!("screenshot: {}", path.display());
     }
