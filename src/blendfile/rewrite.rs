@@ -14,8 +14,10 @@ use super::header::{read_header, BlendHeader, Endian};
 use super::sdna::{base_name, is_array, is_pointer, DnaError, Sdna};
 use super::{io_error, BlendFileError, BlendReader, Compression, TempFile, BUFFER};
 
-/// Largest block read into memory: the DNA, and blocks of structs with path fields (a few KB in real files).
-pub const MAX_BLOCK_LEN: usize = 1 << 30;
+/// Largest block read into memory: the DNA (about 120 KB from Blender 3.4), and blocks of structs with path fields (a
+/// few KB in real files). Far below the memory a volunteer has: a compressed file of a few KB can claim, and hold,
+/// a block this large.
+pub const MAX_BLOCK_LEN: usize = 64 << 20;
 
 /// Char-array fields that hold file paths, by struct. Old and new names: files come from many Blender versions, and
 /// a name that is a pointer or a nested struct in some version (`Text.name`, the `ID` name) never matches.

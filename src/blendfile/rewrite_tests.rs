@@ -238,6 +238,21 @@ fn truncated_and_mangled_files_are_errors_not_panics() {
     assert_eq!(names_in(dir.path()), ["cut.blend", "mangled.blend"], "nothing half-written is left");
 }
 
+/// Found by fuzz/fuzz_targets/blend_file.rs under a 512 MB allocation limit: a 19 KB zstd file whose DNA1 block
+/// claims, and decompresses to, 600 MB made the parser read all of it into memory (up to 1 GiB was allowed). A block
+/// over MAX_BLOCK_LEN is refused before any of it is read.
+#[test]
+fn blocks_over_the_limit_are_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut huge = b"BLENDER-v304DNA1".to_vec();
+    huge.extend_from_slice(&(600i32 << 20).to_le_bytes());
+    huge.extend_from_slice(&[0u8; 8 + 4]); // old pointer, SDNA index
+    huge.extend_from_slice(&1i32.to_le_bytes());
+    huge.extend_from_slice(b"SDNA");
+    let error = absolute_paths(&write_in(dir.path(), "huge.blend", &huge)).unwrap_err();
+    assert!(error.to_string().contains("block DNA1 is 629145600 bytes, more than the 67108864 allowed"), "{error}");
+}
+
 const MAKE_PY: &str = r#"
 import bpy, sys
 d = sys.argv[-1].rstrip('/')
