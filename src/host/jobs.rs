@@ -305,6 +305,8 @@ impl Host {
     /// the hashes and traces of files no job uses any more.
     fn forget_old_files(&mut self, name: &str) {
         self.grant_times.retain(|(job, _), _| job != name);
+        // Checks of the old version's frames would grant copies of frames that no longer exist as they were.
+        self.verifier.forget_job(name);
         self.tallies.forget_job(name);
         self.preparer.retain(&self.blob_server.served_paths());
     }

@@ -392,6 +392,18 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_or_removed_job_drops_its_checks_and_first_frames() {
+        let mut v = verifier();
+        v.delivered(&"alice", "a", 1, B, 0.05, 0.5);
+        v.delivered(&"alice", "b", 1, B, 0.05, 0.5);
+        v.claim(&"bob", Instant::now(), |_| true);
+        v.forget_job("a");
+        assert_eq!(v.open_checks(), 1);
+        assert!(!v.holds(&"bob", "a", 1, B));
+        assert!(v.delivered(&"alice", "a", 2, B, 0.05, 0.99), "the new version's first frame is checked again");
+    }
+
+    #[test]
     fn a_banned_volunteer_gets_no_copies_and_its_frames_are_not_checked() {
         let mut v = Verifier::new(VerifyConfig::default(), ["mallory"]);
         assert!(!v.delivered(&"mallory", "a", 1, B, 1.0, 0.0));
