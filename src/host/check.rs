@@ -93,6 +93,12 @@ pub fn check_frame(path: &Path, ext: &str, want: Option<(u32, u32)>) -> Result<C
     Ok(Checked { width, height, image: Some(image) })
 }
 
+/// Whether frames with this extension are decoded (and so can be size-checked and compared) rather than only
+/// checked by their signature.
+pub fn comparable(ext: &str) -> bool {
+    ImageFormat::from_extension(ext).is_some_and(|f| decodable(&f))
+}
+
 fn decodable(format: &ImageFormat) -> bool {
     use ImageFormat::*;
     matches!(format, Png | Jpeg | OpenExr | Tiff | Bmp | Tga | WebP | Hdr)

@@ -111,10 +111,7 @@ impl Host {
 
     /// A stored frame's author: perhaps open a check on it (the job's `verify =` fraction, always its first).
     pub(super) fn maybe_check(&mut self, peer: PeerId, job: &str, frame: u32, blend: BlobHash, ext: &str) {
-        let comparable = image::ImageFormat::from_extension(ext).is_some_and(|f| {
-            use image::ImageFormat::*;
-            matches!(f, Png | Jpeg | OpenExr | Tiff | Bmp | Tga | WebP | Hdr)
-        });
+        let comparable = check::comparable(ext);
         let fraction = self.jobs.file(job).map_or(0.0, |f| f.verify());
         if comparable && self.verifier.delivered(&peer, job, frame, blend, fraction, roll()) {
             tracing::debug!("frame {frame} of {job} by {peer} will be rendered again to check it");
