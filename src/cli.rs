@@ -110,6 +110,15 @@ pub struct HostArgs {
     /// Serve a read-only dashboard on this address (e.g. 127.0.0.1:8080); off unless given
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// Ask the home router (UPnP) to forward a TCP port to this host, and print a join line with the router's
+    /// external address; the mapping is renewed while the host runs and removed when it stops. Off unless given:
+    /// it sends SSDP multicast to the local network
+    #[arg(long)]
+    pub upnp: bool,
+    /// With --upnp: map the port even when the router's external address is private (a LAN nested behind another
+    /// LAN, a test lab); without it such a mapping is refused, since volunteers on the internet could not use it
+    #[arg(long, requires = "upnp")]
+    pub upnp_allow_private: bool,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +224,7 @@ impl HostArgs {
             blender: crate::host::owners_blender(self.blender),
             http: self.http,
             finish: Default::default(),
+            upnp: self.upnp.then_some(crate::net::upnp::UpnpConfig { allow_private: self.upnp_allow_private }),
         })
     }
 }

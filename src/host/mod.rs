@@ -22,6 +22,7 @@ mod requests;
 mod scan;
 mod status;
 mod trace;
+mod upnp;
 mod verify;
 mod watch;
 
@@ -73,6 +74,8 @@ pub struct HostConfig {
     pub http: Option<std::net::SocketAddr>,
     /// What runs when a job ends (`notify =`, `video =`): its time limit and the ffmpeg to use.
     pub finish: finish::FinishConfig,
+    /// Ask the home router for a port mapping (`--upnp`); `None`: never send SSDP.
+    pub upnp: Option<net::upnp::UpnpConfig>,
 }
 
 /// A running host, for tests and the binary alike.
@@ -85,6 +88,8 @@ pub struct RunningHost {
     pub own: OwnBinary,
     /// Where the dashboard listens, when it was asked for.
     pub dashboard: Option<std::net::SocketAddr>,
+    /// With `--upnp`: the join address through the router's port mapping, or why there is none.
+    pub upnp: Option<upnp::UpnpOutcome>,
 }
 
 /// Runs a host until `shutdown`, relaunching it on a new build of its program file (the `host` command).
@@ -103,10 +108,7 @@ pub async fn run(config: HostConfig, shutdown: impl Future<Output = ()> + Send +
         Err(e) if e.is::<owner::StoppedAsStandby>() => return Ok(()),
         Err(e) => return Err(e),
     };
-    if let Some(addr) = best_addr(&host.addrs) {
-        println!("blenderdist host {} is ready. On each volunteer machine run:", host.peer_id);
-        println!("    blenderdist join {addr}");
-    }
+    print_ready(&host);
     if let Some(dashboard) = host.dashboard {
         println!("Dashboard: http://{dashboard}/");
     }
@@ -183,6 +185,13 @@ pub async fn start(
     if addrs.is_empty() {
         anyhow::bail!("could not listen on any of {:?}", config.listen);
     }
+    let (upnp, mapping) = match &config.upnp {
+        Some(upnp_config) => {
+            let (outcome, keeper) = upnp::map(upnp_config, &addrs, &client, peer_id).await;
+            (Some(outcome), keeper)
+        }
+        None => (None, None),
+    };
     let (arrivals_tx, arrivals) = mpsc::channel(64);
     // Who may fetch a job's files is the scheduler's to say: the blob server asks the event loop on `access`.
     let (access_tx, access) = mpsc::channel(64);
@@ -243,9 +252,14 @@ pub async fn start(
     }
     info!("host {peer_id} watching {}", host.config.jobdir.display());
     let task = tokio::spawn(async move {
-        host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await
+        let result = host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await;
+        // The router's port mapping goes with the host.
+        if let Some(mapping) = mapping {
+            mapping.stop().await;
+        }
+        result
     });
-    Ok(RunningHost { peer_id, addrs, task, own, dashboard })
+    Ok(RunningHost { peer_id, addrs, task, own, dashboard, upnp })
 }
 
 /// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.
@@ -261,6 +275,37 @@ fn check_dir(dir: &std::path::Path, what: &str) -> anyhow::Result<()> {
     let meta = std::fs::metadata(dir).with_context(|| format!("cannot open the {what} {}", dir.display()))?;
     anyhow::ensure!(meta.is_dir(), "the {what} {} is not a folder", dir.display());
     Ok(())
+}
+
+/// The ready line and the join lines: with `--upnp`, the address through the router's port mapping first (or why
+/// there is none), then the one on this host's own network.
+fn print_ready(host: &RunningHost) {
+    let local = best_addr(&host.addrs);
+    let id = host.peer_id;
+    match &host.upnp {
+        Some(Ok(mapped)) => {
+            let external = mapped.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect::<Multiaddr>();
+            println!("blenderdist host {id} is ready; port mapped by UPnP: {external}. On each volunteer machine run:");
+            println!("    blenderdist join {mapped}");
+            if let Some(addr) = local {
+                println!("or, on this host's own network:");
+                println!("    blenderdist join {addr}");
+            }
+        }
+        Some(Err(reason)) => {
+            println!("blenderdist host {id} is ready; no port mapped by UPnP: {reason}.");
+            if let Some(addr) = local {
+                println!("On each volunteer machine that can reach this one run:");
+                println!("    blenderdist join {addr}");
+            }
+        }
+        None => {
+            if let Some(addr) = local {
+                println!("blenderdist host {id} is ready. On each volunteer machine run:");
+                println!("    blenderdist join {addr}");
+            }
+        }
+    }
 }
 
 /// The address to print in the join line: a non-loopback IPv4 one when there is one.

@@ -184,6 +184,7 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::ApplyBans => self.apply_bans(),
+            Command::AddExternalAddress { addr } => self.swarm.add_external_address(addr),
         }
     }
 

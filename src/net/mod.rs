@@ -12,6 +12,7 @@ pub mod budget;
 mod dial;
 mod event_loop;
 mod gossip;
+pub mod upnp;
 
 use std::{
     sync::{Arc, Mutex},
@@ -122,6 +123,10 @@ pub(crate) enum Command {
     },
     /// A budget decided a ban outside the loop (a stream or a strike): carry it out now rather than at the next tick.
     ApplyBans,
+    /// An address others can dial us on (a UPnP port mapping): identify advertises it.
+    AddExternalAddress {
+        addr: Multiaddr,
+    },
 }
 
 /// A cheap, cloneable handle on the event loop.
@@ -200,6 +205,11 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         self.send(Command::ConnectedPeers { reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Tells peers (through identify) that this node is also reachable on `addr`, e.g. a router's port mapping.
+    pub async fn add_external_address(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::AddExternalAddress { addr }).await
     }
 
     async fn send(&self, command: Command) -> Result<(), NetError> {
