@@ -16,4 +16,5 @@ mod peer_text;
 mod projects;
 mod status;
 mod update;
+mod upnp;
 mod verify;
