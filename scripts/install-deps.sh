@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what blenderdist's demo and tests need on a Debian machine: Blender (Debian's 3.4 package), iproute2,
-# Chromium (the dashboard's browser test runs it headless) and ffmpeg (`video = mp4` jobs).
+# Chromium (the dashboard's browser test runs it headless), ffmpeg (`video = mp4` jobs), and the UPnP lab's router.
+# The UPnP lab (tests/upnp.rs) runs Debian's miniupnpd (nftables flavour) in a namespace, with nft for its firewall,
+# python3 for its STUN responder and upnpc to check it; the package's own service stays disabled (it is never
+# started outside the test's namespaces).
 set -euo pipefail
 missing=()
 command -v blender >/dev/null 2>&1 || missing+=(blender)
@@ -12,6 +15,10 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The install kit's test renders a man page and runs `status --watch` in a pseudo-terminal (`script`).
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v miniupnpd >/dev/null 2>&1 || missing+=(miniupnpd miniupnpd-nftables)
+command -v upnpc >/dev/null 2>&1 || missing+=(miniupnpc)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
