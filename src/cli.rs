@@ -119,6 +119,10 @@ pub struct HostArgs {
     /// LAN, a test lab); without it such a mapping is refused, since volunteers on the internet could not use it
     #[arg(long, requires = "upnp")]
     pub upnp_allow_private: bool,
+    /// With --upnp: the lease to ask the router for, in seconds (renewed at half of it). For tests of the renewal.
+    #[arg(long, value_name = "SECS", hide = true, requires = "upnp", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub upnp_lease: u64,
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +228,10 @@ impl HostArgs {
             blender: crate::host::owners_blender(self.blender),
             http: self.http,
             finish: Default::default(),
-            upnp: self.upnp.then_some(crate::net::upnp::UpnpConfig { allow_private: self.upnp_allow_private }),
+            upnp: self.upnp.then_some(crate::net::upnp::UpnpConfig {
+                allow_private: self.upnp_allow_private,
+                lease: std::time::Duration::from_secs(self.upnp_lease),
+            }),
         })
     }
 }

@@ -100,6 +100,15 @@ fn installed(program: &str) -> bool {
 
 impl Lab {
     fn new() -> Option<Self> {
+        Self::build(true)
+    }
+
+    /// The lab with `router` a plain NAT router: no UPnP daemon answers.
+    fn without_upnp() -> Option<Self> {
+        Self::build(false)
+    }
+
+    fn build(upnp: bool) -> Option<Self> {
         for program in ["ip", "nft", "miniupnpd", "python3"] {
             if !installed(program) {
                 skip(&format!("{program} is not installed (scripts/install-deps.sh installs it)"));
@@ -147,6 +156,9 @@ impl Lab {
         std::fs::write(&nft, ROUTER_NFT).unwrap();
         let nft = nft.to_str().unwrap();
         assert!(run("ip", &["netns", "exec", &r, "nft", "-f", nft]).is_some(), "the router's nft rules failed");
+        if !upnp {
+            return Some(lab);
+        }
 
         let stun = lab.dir.path().join("stun.py");
         std::fs::write(&stun, STUN_PY).unwrap();
@@ -304,6 +316,33 @@ fn a_private_external_address_is_refused_without_upnp_allow_private() {
     assert!(join_addr(&head).starts_with(&format!("/ip4/{HOME}/tcp/7463/p2p/")), "{banner}");
     let forwards = lab.forwards();
     assert!(!forwards.contains("dnat"), "a mapping was made:\n{forwards}");
+}
+
+#[test]
+fn a_router_without_upnp_is_reported_and_the_host_serves_its_own_network() {
+    let Some(lab) = Lab::without_upnp() else { return };
+    let dirs = Dirs::new();
+    let (_host, head) = lab.spawn_host(&dirs, &["--upnp"]);
+    let banner = head.join("\n");
+    assert!(banner.contains("no port mapped by UPnP: no UPnP gateway answered within 10 s"), "{banner}");
+    assert!(join_addr(&head).starts_with(&format!("/ip4/{HOME}/tcp/7463/p2p/")), "{banner}");
+}
+
+#[test]
+fn the_mapping_is_renewed_before_its_lease_ends() {
+    let Some(lab) = Lab::new() else { return };
+    let dirs = Dirs::new();
+    let (_host, head) = lab.spawn_host(&dirs, &["--upnp", "--upnp-allow-private", "--upnp-lease", "4"]);
+    assert!(join_addr(&head).starts_with(&format!("/ip4/{ROUTER_WAN}/tcp/7463/p2p/")), "{}", head.join("\n"));
+    // miniupnpd logs every AddPortMapping it grants: the first one and then a renewal every half lease.
+    let adds = || {
+        let log = std::fs::read_to_string(lab.dir.path().join("miniupnpd.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("AddPortMapping") && l.contains("leaseduration=4")).count()
+    };
+    // Four renewals: twice the lease has passed, and miniupnpd removes a mapping as soon as its lease ends.
+    wait_until_blocking("four renewals of the mapping", Duration::from_secs(60), || adds() >= 5);
+    let forwards = lab.forwards();
+    assert!(forwards.contains(&format!("dnat ip to {HOME}:7463")), "the renewed mapping is gone:\n{forwards}");
 }
 
 #[test]

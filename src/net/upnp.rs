@@ -25,7 +25,8 @@ use tracing::{debug, info, warn};
 
 /// How long the SSDP search waits for a gateway to answer.
 pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// The lease asked for; the mapping is renewed at half of it, so a host that dies leaves it for at most this long.
+/// The lease asked for by default; the mapping is renewed at half of it, so a host that dies leaves it for at most
+/// this long.
 pub const LEASE: Duration = Duration::from_secs(3600);
 /// How long deleting the mapping at shutdown may take before the host stops anyway.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,11 +34,19 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 const DESCRIPTION: &str = "blenderdist host";
 
 /// `host --upnp`'s settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UpnpConfig {
     /// Map even when the router's external address is private (`--upnp-allow-private`): for labs and for a LAN
     /// nested behind another LAN whose volunteers sit on the outer one.
     pub allow_private: bool,
+    /// The lease to ask for ([`LEASE`]; shorter only in tests of the renewal), whole seconds, at least 2.
+    pub lease: Duration,
+}
+
+impl Default for UpnpConfig {
+    fn default() -> Self {
+        Self { allow_private: false, lease: LEASE }
+    }
 }
 
 /// Why no port was mapped; the text is printed in the host's ready line.
@@ -94,7 +103,8 @@ impl PortMapping {
             let reason = format!("its address towards the gateway is {local_ip}; it listens on {listening:?}");
             UpnpError::NoLocalAddress { gateway: gateway.addr, reason }
         })?;
-        let (port, lease) = add_mapping(&gateway, internal).await?;
+        let lease = config.lease.as_secs().clamp(2, u64::from(u32::MAX)) as u32;
+        let (port, lease) = add_mapping(&gateway, internal, lease).await?;
         Ok(Self { external: SocketAddr::new(external_ip, port), internal, lease, gateway })
     }
 
@@ -135,8 +145,7 @@ const TCP: PortMappingProtocol = PortMappingProtocol::TCP;
 
 /// Maps `internal`'s port: the same number outside first, any other if that one is taken. Routers that only keep
 /// permanent mappings get one (deleted on shutdown all the same). Returns the external port and the lease.
-async fn add_mapping(gateway: &Gateway<Tokio>, internal: SocketAddr) -> Result<(u16, u32), UpnpError> {
-    let lease = LEASE.as_secs() as u32;
+async fn add_mapping(gateway: &Gateway<Tokio>, internal: SocketAddr, lease: u32) -> Result<(u16, u32), UpnpError> {
     let refused = |reason: String| UpnpError::Refused { gateway: gateway.addr, port: internal.port(), reason };
     match gateway.add_port(TCP, internal.port(), internal, lease, DESCRIPTION).await {
         Ok(()) => return Ok((internal.port(), lease)),
