@@ -185,13 +185,6 @@ pub async fn start(
     if addrs.is_empty() {
         anyhow::bail!("could not listen on any of {:?}", config.listen);
     }
-    let (upnp, mapping) = match &config.upnp {
-        Some(upnp_config) => {
-            let (outcome, keeper) = upnp::map(upnp_config, &addrs, &client, peer_id).await;
-            (Some(outcome), keeper)
-        }
-        None => (None, None),
-    };
     let (arrivals_tx, arrivals) = mpsc::channel(64);
     // Who may fetch a job's files is the scheduler's to say: the blob server asks the event loop on `access`.
     let (access_tx, access) = mpsc::channel(64);
@@ -251,14 +244,28 @@ pub async fn start(
         host.on_net_event(event).await;
     }
     info!("host {peer_id} watching {}", host.config.jobdir.display());
+    let upnp_config = host.config.upnp.clone();
+    let upnp_client = host.client.clone();
+    // The router's port mapping, made while the loop already serves the LAN, goes with the host.
+    let (mapping_tx, mapping) = tokio::sync::oneshot::channel::<upnp::MappingKeeper>();
     let task = tokio::spawn(async move {
         let result = host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await;
-        // The router's port mapping goes with the host.
-        if let Some(mapping) = mapping {
+        if let Ok(mapping) = mapping.await {
             mapping.stop().await;
         }
         result
     });
+    let upnp = match upnp_config {
+        Some(upnp_config) => {
+            let (outcome, keeper) = upnp::map(&upnp_config, &addrs, &upnp_client, peer_id).await;
+            if let Some(Err(keeper)) = keeper.map(|keeper| mapping_tx.send(keeper)) {
+                // The host's task is gone already: nothing else will remove the mapping.
+                keeper.stop().await;
+            }
+            Some(outcome)
+        }
+        None => None,
+    };
     Ok(RunningHost { peer_id, addrs, task, own, dashboard, upnp })
 }
 
