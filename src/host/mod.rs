@@ -244,28 +244,15 @@ pub async fn start(
         host.on_net_event(event).await;
     }
     info!("host {peer_id} watching {}", host.config.jobdir.display());
-    let upnp_config = host.config.upnp.clone();
-    let upnp_client = host.client.clone();
+    let (upnp_config, upnp_client) = (host.config.upnp.clone(), host.client.clone());
     // The router's port mapping, made while the loop already serves the LAN, goes with the host.
-    let (mapping_tx, mapping) = tokio::sync::oneshot::channel::<upnp::MappingKeeper>();
+    let (mapping_tx, mapping) = upnp::slot();
     let task = tokio::spawn(async move {
         let result = host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await;
-        if let Ok(mapping) = mapping.await {
-            mapping.stop().await;
-        }
+        mapping.release().await;
         result
     });
-    let upnp = match upnp_config {
-        Some(upnp_config) => {
-            let (outcome, keeper) = upnp::map(&upnp_config, &addrs, &upnp_client, peer_id).await;
-            if let Some(Err(keeper)) = keeper.map(|keeper| mapping_tx.send(keeper)) {
-                // The host's task is gone already: nothing else will remove the mapping.
-                keeper.stop().await;
-            }
-            Some(outcome)
-        }
-        None => None,
-    };
+    let upnp = upnp::map(upnp_config, &addrs, &upnp_client, peer_id, mapping_tx).await;
     Ok(RunningHost { peer_id, addrs, task, own, dashboard, upnp })
 }
 

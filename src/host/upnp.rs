@@ -15,6 +15,24 @@ use crate::net::{
 /// What `--upnp` achieved, for the ready line: the join address through the mapping, or why there is none.
 pub type UpnpOutcome = Result<Multiaddr, String>;
 
+/// The host task's end of the mapping: [`MappingSlot::release`] removes the mapping (if one was made, even one
+/// still being made) once the host's loop has stopped.
+pub(super) struct MappingSlot(oneshot::Receiver<MappingKeeper>);
+
+impl MappingSlot {
+    pub(super) async fn release(self) {
+        if let Ok(keeper) = self.0.await {
+            keeper.stop().await;
+        }
+    }
+}
+
+/// A slot for the mapping, and the sender [`map`] fills it through.
+pub(super) fn slot() -> (oneshot::Sender<MappingKeeper>, MappingSlot) {
+    let (tx, rx) = oneshot::channel();
+    (tx, MappingSlot(rx))
+}
+
 /// The task keeping the mapping alive; [`MappingKeeper::stop`] deletes it.
 pub(super) struct MappingKeeper {
     stop: oneshot::Sender<()>,
@@ -23,15 +41,32 @@ pub(super) struct MappingKeeper {
 
 impl MappingKeeper {
     /// Deletes the mapping (bounded in time) and waits for that.
-    pub(super) async fn stop(self) {
+    async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
 }
 
-/// Maps a port to one of `addrs` (the host's listen addresses) and advertises the external address. Never fails
-/// the host: without a mapping it still serves the volunteers that can reach it, and the outcome says why.
+/// With `config` (`--upnp`): maps a port to one of `addrs` (the host's listen addresses), advertises the external
+/// address and hands the mapping to the host's task through `slot`. Never fails the host: without a mapping it
+/// still serves the volunteers that can reach it, and the outcome says why.
 pub(super) async fn map(
+    config: Option<UpnpConfig>,
+    addrs: &[Multiaddr],
+    client: &Client,
+    peer_id: PeerId,
+    slot: oneshot::Sender<MappingKeeper>,
+) -> Option<UpnpOutcome> {
+    let config = config?;
+    let (outcome, keeper) = create(&config, addrs, client, peer_id).await;
+    if let Some(Err(keeper)) = keeper.map(|keeper| slot.send(keeper)) {
+        // The host's task is gone already: nothing else will remove the mapping.
+        keeper.stop().await;
+    }
+    Some(outcome)
+}
+
+async fn create(
     config: &UpnpConfig,
     addrs: &[Multiaddr],
     client: &Client,
