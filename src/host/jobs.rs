@@ -35,10 +35,18 @@ pub struct JobTable {
     listed: HashSet<String>,
 }
 
-/// A finished preparation of a job's project, sent back to the event loop.
+/// A step of a job's way in, done in the background and sent back to the event loop.
 pub struct JobPrepared {
     file: jobfile::JobFile,
-    result: Result<Prepared, super::project::PrepareError>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Its project was prepared (hashed, dependencies found), or could not be.
+    Prepared(Result<Prepared, super::project::PrepareError>),
+    /// A new or changed job was recorded in the state store (a durable commit); with its frames already done whose
+    /// files are still in the render folder.
+    Recorded(Prepared, Result<Vec<u32>, String>),
 }
 
 struct TrackedJob {
@@ -154,21 +162,23 @@ impl Host {
         let (preparer, done) = (self.preparer.clone(), self.prepared_tx.clone());
         tokio::spawn(async move {
             let result = preparer.prepare(&file.blend).await;
-            let _ = done.send(JobPrepared { file, result }).await;
+            let _ = done.send(JobPrepared { file, stage: Stage::Prepared(result) }).await;
         });
         changed
     }
 
-    /// A preparation finished: the job starts, restarts on new files, or stays as it is.
+    /// A preparation or a recording finished: the job starts, restarts on new files, or stays as it is.
     pub(super) fn on_prepared(&mut self, prepared: JobPrepared) -> bool {
-        let JobPrepared { file, result } = prepared;
+        let JobPrepared { file, stage } = prepared;
         self.jobs.preparing.remove(&file.name);
         if !self.jobs.listed.contains(&file.name) {
             return false;
         }
-        match result {
-            Ok(project) => self.apply_job(file, project),
-            Err(e) => self.reject_job(&file.name.clone(), e.to_string()),
+        match stage {
+            Stage::Prepared(Ok(project)) => self.apply_job(file, project),
+            Stage::Prepared(Err(e)) => self.reject_job(&file.name.clone(), e.to_string()),
+            Stage::Recorded(project, Ok(done)) => self.start_job(file, project, done),
+            Stage::Recorded(_, Err(e)) => self.reject_job(&file.name.clone(), e),
         }
     }
 
@@ -186,52 +196,62 @@ impl Host {
         true
     }
 
+    /// A prepared job: unchanged, it only has its suspension brought up to date; new or changed, it is recorded in
+    /// the state store off the loop first ([`Host::start_job`] goes on when that is durable).
     fn apply_job(&mut self, file: jobfile::JobFile, project: Prepared) -> bool {
         let name = file.name.clone();
-        let blend = project.manifest;
-        let suspended = self.jobs.suspended(&name);
         self.jobs.errors.remove(&name);
-        let unchanged = self.jobs.jobs.get(&name).is_some_and(|t| t.file == file && t.blend == blend);
-        let mut changed = false;
+        let unchanged = self.jobs.jobs.get(&name).is_some_and(|t| t.file == file && t.blend == project.manifest);
         if !unchanged {
-            if let Err(e) = self.upsert_job(&file, &project) {
-                return self.reject_job(&name, e);
-            }
-            self.jobs.jobs.insert(
-                name.clone(),
-                TrackedJob {
-                    file,
-                    blend,
-                    resolution: project.scene.resolution,
-                    suspended: false,
-                    started_reported: false,
-                    finished_reported: false,
-                },
-            );
-            changed = true;
+            self.record_job(file, project);
+            return false;
         }
-        if let Some(tracked) = self.jobs.jobs.get_mut(&name) {
-            if tracked.suspended != suspended || changed {
-                tracked.suspended = suspended;
-                self.scheduler.set_suspended(&name, suspended);
-                if suspended {
-                    info!("job {name} suspended");
-                    self.joblog.append(&name, "suspended: no new frames until NAME.job.suspend goes");
-                }
-                changed = true;
-            }
-        }
-        changed
+        self.sync_suspension(&name)
     }
 
-    fn upsert_job(&mut self, file: &jobfile::JobFile, project: &Prepared) -> Result<(), String> {
+    /// Records a new or changed job (a durable commit, which also forgets the done frames of an older .blend) and
+    /// reads which of its frames are done and still on disk, on a blocking thread: a job of a million frames must not
+    /// hold up the loop. The job counts as being prepared until the answer is back.
+    fn record_job(&mut self, file: jobfile::JobFile, project: Prepared) {
+        self.jobs.preparing.insert(file.name.clone());
+        let (state, tx) = (self.state.clone(), self.prepared_tx.clone());
+        let folder = self.config.renderdir.join(&file.name);
+        let record = JobRecord { blend: project.manifest, first: file.first, last: file.last };
+        let name = file.name.clone();
+        tokio::spawn(async move {
+            let done = tokio::task::spawn_blocking(move || {
+                state.put_job(&name, &record).map_err(|e| e.to_string())?;
+                let mut done = state.done_frames(&name).map_err(|e| e.to_string())?;
+                // A frame the owner deleted from the render folder is rendered again.
+                let present = frames_on_disk(&folder);
+                done.retain(|f| present.contains(f));
+                Ok(done)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("recording the job stopped: {e}")));
+            let _ = tx.send(JobPrepared { file, stage: Stage::Recorded(project, done) }).await;
+        });
+    }
+
+    /// A recorded job goes to the scheduler: accepted, updated or restarted.
+    fn start_job(&mut self, file: jobfile::JobFile, project: Prepared, done: Vec<u32>) -> bool {
+        let name = file.name.clone();
+        let blend = project.manifest;
+        self.upsert_job(&file, &project, &done);
+        let (resolution, suspended) = (project.scene.resolution, self.jobs.suspended(&name));
+        let tracked =
+            TrackedJob { file, blend, resolution, suspended, started_reported: false, finished_reported: false };
+        self.jobs.jobs.insert(name.clone(), tracked);
+        self.scheduler.set_suspended(&name, suspended);
+        if suspended {
+            info!("job {name} suspended");
+            self.joblog.append(&name, "suspended: no new frames until NAME.job.suspend goes");
+        }
+        true
+    }
+
+    fn upsert_job(&mut self, file: &jobfile::JobFile, project: &Prepared, done: &[u32]) {
         let (blend, size) = (project.manifest, project.manifest_size);
-        let record = JobRecord { blend, first: file.first, last: file.last };
-        self.state.put_job(&file.name, &record).map_err(|e| e.to_string())?;
-        let mut done = self.state.done_frames(&file.name).map_err(|e| e.to_string())?;
-        // A frame the owner deleted from the render folder is rendered again.
-        let present = frames_on_disk(&self.config.renderdir.join(&file.name));
-        done.retain(|f| present.contains(f));
         let desc = JobDesc {
             name: file.name.clone(),
             blend,
@@ -249,7 +269,7 @@ impl Host {
                 ),
             },
         };
-        let (change, _recalls) = self.scheduler.upsert_job(desc, &done);
+        let (change, _recalls) = self.scheduler.upsert_job(desc, done);
         self.blob_server.serve_job(&file.name, project.serve.clone());
         if change == JobChange::Restarted {
             self.forget_old_files(&file.name);
@@ -258,7 +278,7 @@ impl Host {
             JobChange::Added => "accepted",
             JobChange::Updated => "updated",
             JobChange::Restarted => "restarted: the .blend or a file it uses changed",
-            JobChange::Unchanged => return Ok(()),
+            JobChange::Unchanged => return,
         };
         let line = format!(
             "{what}: frames {}..{} of {} (version {}), {} already done; {}",
@@ -275,7 +295,6 @@ impl Host {
             warn!("job {}: {warning}", file.name);
             self.joblog.append(&file.name, &format!("warning: {warning}"));
         }
-        Ok(())
     }
 
     /// Reports a job that cannot be used, once per distinct reason, and stops any earlier version of it.
