@@ -86,9 +86,12 @@ async fn render_once(
     let ran = run_limited(cmd, CONFIRM_TIMEOUT, 64 * 1024)
         .await
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-    let made = std::fs::read_dir(&scratch)
-        .map(|entries| entries.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("frame_")))
-        .unwrap_or(false);
+    let mut made = false;
+    if let Ok(mut entries) = tokio::fs::read_dir(&scratch).await {
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            made |= entry.file_name().to_string_lossy().starts_with("frame_");
+        }
+    }
     let _ = tokio::fs::remove_dir_all(&scratch).await;
     match ran.status {
         _ if made => Ok(()),

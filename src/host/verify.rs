@@ -97,7 +97,7 @@ impl Host {
     fn refuse_frame(&mut self, arrival: FrameArrived, problem: FrameProblem) {
         let FrameArrived { peer, upload, temp, reply } = arrival;
         let ExpectedUpload { job, frame, blend, ext, .. } = &upload;
-        let _ = std::fs::remove_file(&temp);
+        file_chores(None, vec![temp]);
         let by = self.tallies.label(&peer);
         warn!("frame {frame} of {job} from {by} refused: the .{ext} file {problem}");
         self.joblog.append(job, &format!("frame {frame} from {by} refused: the .{ext} file {problem}"));
@@ -128,19 +128,20 @@ impl Host {
             Ok(compared) => compared,
             Err(why) => {
                 warn!("cannot compare the copy of frame {frame} of {job} from {peer}: {why}");
-                let _ = std::fs::remove_file(&temp);
+                file_chores(None, vec![temp]);
                 self.verifier.copy_failed(&peer, job, *frame);
                 return;
             }
         };
         let dissent = dissent_path(&self.config.state_dir, job, *frame, ext);
         let Some(outcome) = self.verifier.compared(&peer, job, *frame, seen) else {
-            let _ = std::fs::remove_file(&temp);
+            file_chores(None, vec![temp]);
             return;
         };
         let checker = self.tallies.label(&peer);
         let percent = diff.differing * 100.0;
         let closed = !matches!(outcome, CheckOutcome::KeepCopy | CheckOutcome::Undecided);
+        let mut keep = None;
         match outcome {
             CheckOutcome::Passed { original } => {
                 let by = self.tallies.label(&original);
@@ -148,14 +149,7 @@ impl Host {
                 self.joblog.append(job, &format!("verified: frame {frame} by {by} agrees with {checker}'s copy"));
             }
             CheckOutcome::KeepCopy => {
-                let kept = dissent
-                    .parent()
-                    .map(std::fs::create_dir_all)
-                    .transpose()
-                    .and_then(|_| std::fs::rename(&temp, &dissent));
-                if let Err(e) = kept {
-                    warn!("cannot keep the copy of frame {frame} of {job} at {}: {e}", dissent.display());
-                }
+                keep = Some((temp.clone(), dissent.clone()));
                 self.joblog.append(
                     job,
                     &format!("check: {checker}'s copy of frame {frame} differs ({percent:.1} % of pixels); a third volunteer decides"),
@@ -179,10 +173,11 @@ impl Host {
                 self.ban(cheat, reason);
             }
         }
-        let _ = std::fs::remove_file(&temp);
+        let mut remove = vec![temp];
         if closed {
-            let _ = std::fs::remove_file(&dissent);
+            remove.push(dissent);
         }
+        file_chores(keep, remove);
     }
 
     /// Bans `peer` durably (and takes back its frames in the same commit) on a blocking thread.
@@ -265,4 +260,20 @@ fn compare_copy(
     let with_dissent =
         if dissent.exists() { Some(check::compare(&decode(dissent, None)?, &copy).agrees()) } else { None };
     Ok((Comparison { with_stored: diff.agrees(), with_dissent }, diff))
+}
+
+/// The file work of a check (keeping a dissenting copy: `(from, to)`; then removing files), done in this order on a
+/// blocking thread: the event loop never waits for the disk.
+fn file_chores(keep: Option<(PathBuf, PathBuf)>, remove: Vec<PathBuf>) {
+    tokio::task::spawn_blocking(move || {
+        if let Some((from, to)) = keep {
+            let kept = to.parent().map(std::fs::create_dir_all).transpose().and_then(|_| std::fs::rename(&from, &to));
+            if let Err(e) = kept {
+                warn!("cannot keep a check's copy at {}: {e}", to.display());
+            }
+        }
+        for path in remove {
+            let _ = std::fs::remove_file(path);
+        }
+    });
 }
