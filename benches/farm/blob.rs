@@ -187,6 +187,7 @@ impl BlobPair {
     async fn start(dir: &Path, hash: BlobHash, src: &Path) -> anyhow::Result<Self> {
         let (server, mut events) = net::spawn(NetConfig {
             keypair: Keypair::generate_ed25519(),
+            swarm_key: None,
             is_host: true,
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             bootstrap: vec![],
@@ -218,6 +219,7 @@ impl BlobPair {
 
         let (client, events) = net::spawn(NetConfig {
             keypair: Keypair::generate_ed25519(),
+            swarm_key: None,
             is_host: false,
             listen: vec![],
             bootstrap: vec![addr.with(Protocol::P2p(server.peer_id()))],

@@ -270,6 +270,7 @@ impl Farm {
             blender: None,
             http: None,
             finish: Default::default(),
+            privacy: Default::default(),
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         let addr = host.addrs[0].clone();
@@ -302,6 +303,7 @@ impl Farm {
             updater: None,
             caps: None,
             patience: Default::default(),
+            swarm_key: None,
         };
         worker::start(config, renderer, self.stop.clone().cancelled_owned())?;
         self.volunteers += 1;

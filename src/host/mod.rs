@@ -73,6 +73,8 @@ pub struct HostConfig {
     pub http: Option<std::net::SocketAddr>,
     /// What runs when a job ends (`notify =`, `video =`): its time limit and the ffmpeg to use.
     pub finish: finish::FinishConfig,
+    /// Open, or private with a swarm key (`--private`, `--swarm-key`).
+    pub privacy: net::Privacy,
 }
 
 /// A running host, for tests and the binary alike.
@@ -85,6 +87,8 @@ pub struct RunningHost {
     pub own: OwnBinary,
     /// Where the dashboard listens, when it was asked for.
     pub dashboard: Option<std::net::SocketAddr>,
+    /// A private farm's key, which volunteers need to join.
+    pub swarm_key: Option<net::SwarmKey>,
 }
 
 /// Runs a host until `shutdown`, relaunching it on a new build of its program file (the `host` command).
@@ -105,7 +109,10 @@ pub async fn run(config: HostConfig, shutdown: impl Future<Output = ()> + Send +
     };
     if let Some(addr) = best_addr(&host.addrs) {
         println!("blenderdist host {} is ready. On each volunteer machine run:", host.peer_id);
-        println!("    blenderdist join {addr}");
+        match &host.swarm_key {
+            Some(key) => println!("    blenderdist join {addr} --swarm-key {}", key.to_hex()),
+            None => println!("    blenderdist join {addr}"),
+        }
     }
     if let Some(dashboard) = host.dashboard {
         println!("Dashboard: http://{dashboard}/");
@@ -136,12 +143,17 @@ pub async fn start(
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state folder {}", config.state_dir.display()))?;
     let keypair = keys::load_or_create(&config.state_dir.join("node.key"))?;
+    let swarm_key = config.privacy.key(&config.state_dir)?;
+    if let Some(key) = &swarm_key {
+        info!("private farm: only nodes with the swarm key (fingerprint {}) can connect", key.fingerprint());
+    }
     let own = OwnBinary::locate().await?;
     let builds = crate::update::host::builds(&own, config.release_dir.as_deref()).await?;
     let manifest = crate::update::manifest::sign(&keypair, &crate::update::host::manifest(&own, &builds))?;
     let state = std::sync::Arc::new(StateStore::open(&config.state_dir.join("state.redb"))?);
     let (client, mut events) = net::spawn(NetConfig {
         keypair: keypair.clone(),
+        swarm_key: swarm_key.clone(),
         is_host: true,
         listen: config.listen.clone(),
         bootstrap: vec![],
@@ -245,7 +257,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await
     });
-    Ok(RunningHost { peer_id, addrs, task, own, dashboard })
+    Ok(RunningHost { peer_id, addrs, task, own, dashboard, swarm_key })
 }
 
 /// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.

@@ -102,6 +102,7 @@ impl Dirs {
             blender: None,
             http: None,
             finish: Default::default(),
+            privacy: Default::default(),
         }
     }
 }
@@ -182,6 +183,7 @@ pub fn start_fake_worker_with(
         updater: None,
         caps,
         patience: Default::default(),
+        swarm_key: None,
     };
     (worker::start(config, renderer, shutdown).unwrap(), stop)
 }
@@ -298,6 +300,7 @@ pub fn raw_peer(
 ) -> (blenderdist::net::Client, tokio::sync::mpsc::Receiver<blenderdist::net::NetEvent>) {
     blenderdist::net::spawn(blenderdist::net::NetConfig {
         keypair: libp2p::identity::Keypair::generate_ed25519(),
+        swarm_key: None,
         is_host: false,
         listen: vec![],
         bootstrap: vec![host.clone()],
