@@ -37,18 +37,33 @@ struct Volunteer {
 }
 
 impl Volunteer {
+    /// A volunteer with a stand-in Blender that never renders, dialling `addr` only (no mDNS).
     fn spawn(dir: &Path, name: &str, addr: &str, extra: &[&str]) -> Self {
         // One stand-in per volunteer: rewriting a script another process is running fails ("text file busy").
         let own = dir.join(name);
         std::fs::create_dir_all(&own).unwrap();
         let blender = fake_blender(&own);
-        let mut child = Command::new(BIN)
-            .args(["join", addr, "--no-mdns", "--name", name])
+        let mut args = vec![addr, "--no-mdns", "--blender", blender.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::spawn_in(None, dir, name, &args)
+    }
+
+    /// `blenderdist join ARGS` in network namespace `ns` (or here), its cache in `dir`.
+    fn spawn_in(ns: Option<&str>, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
+            .args(["join", "--name", name])
             .arg("--cache-dir")
             .arg(dir.join(format!("cache-{name}")))
-            .arg("--blender")
-            .arg(blender)
-            .args(extra)
+            .args(args)
+            .stdin(Stdio::null())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -189,4 +204,49 @@ fn malformed_swarm_keys_are_refused_naming_the_flag() {
     let key = SwarmKey::generate().to_hex();
     let (ok, text) = run(&["join", "127.0.0.1:1", "--swarm-key", &key, "--swarm-key-file", junk.to_str().unwrap()]);
     assert!(!ok && text.contains("cannot be used with"), "{text}");
+}
+
+/// On a LAN, mDNS still finds everyone: a member finds the private host and renders a real frame, a stranger finds
+/// it too but is refused, says so once and leaves it alone instead of redialling at every announcement.
+#[test]
+fn on_a_lan_a_member_renders_by_mdns_and_a_stranger_is_refused_once() {
+    use crate::{blender_e2e::*, lan::Lan};
+    if !blender_available() {
+        skip("blender is not installed");
+        return;
+    }
+    let Some(lan) = Lan::new() else { return };
+    let dirs = Dirs::new();
+    let blend = dirs.jobdir.join("scene.blend");
+    make_scene(&blend, 1, "64x48", 2);
+    write_job(&dirs.jobdir, "lan", "scene.blend", 1, 1);
+
+    let mut host = Command::new("ip");
+    host.args(["netns", "exec", &lan.host_ns, BIN, "host"]).arg(&dirs.jobdir).arg(&dirs.renderdir);
+    host.args(["--listen", "198.18.7.1:7463", "--private"]).stdout(Stdio::piped());
+    let mut host = host.spawn().unwrap();
+    let stdout = host.stdout.take().unwrap();
+    let _host = Proc(host);
+    let (_, key) = split_join_line(&read_join_line(stdout));
+
+    let root = dirs.root.path();
+    let stranger_blender = root.join("stranger");
+    std::fs::create_dir_all(&stranger_blender).unwrap();
+    let stranger_blender = fake_blender(&stranger_blender);
+    let ns = Some(lan.volunteer_ns.as_str());
+    let stranger = Volunteer::spawn_in(ns, root, "stranger", &["--blender", stranger_blender.to_str().unwrap()]);
+    let member = Volunteer::spawn_in(ns, root, "member", &["--threads", "1", "--swarm-key", &key]);
+    stranger.wait_for("peer found on the LAN: the host refused the connection: this farm is private");
+
+    let names = frame_names(1, 1, "png");
+    wait_until_blocking("the member's frame", Duration::from_secs(180), || {
+        files_in(&dirs.renderdir.join("lan")) == names
+    });
+    let baseline = root.join("baseline");
+    render_baseline(&blend, &baseline);
+    assert_same_pixels(&baseline, &dirs.renderdir.join("lan"), &names);
+    assert!(member.count("joined host") > 0);
+    assert_eq!(stranger.count("joined host"), 0);
+    assert_eq!(stranger.count("refused the connection"), 1);
+    assert_eq!(cached_blobs(&root.join("cache-stranger")), Vec::<String>::new());
 }

@@ -278,10 +278,14 @@ impl EventLoop {
                     }
                 }
                 if let Some(peer) = peer_id {
-                    if self.discovered.remove(&peer) && self.admission.lan_dial_failed(peer, &text, now.into_std()) {
+                    let lan = self.discovered.remove(&peer);
+                    if let Some(words) =
+                        lan.then(|| self.admission.lan_dial_failed(peer, &text, now.into_std())).flatten()
+                    {
                         // A node of another farm (or of this one with another key) on the LAN: not redialled for a
                         // while, and said once rather than at every mDNS announcement.
-                        info!(%peer, "a peer on the LAN refused the connection: it is not in the same private farm");
+                        let minutes = super::private::LAN_REFUSED_FOR.as_secs() / 60;
+                        info!(%peer, "peer found on the LAN: {words}; leaving it alone for {minutes} minutes");
                     }
                 }
             }

@@ -312,13 +312,12 @@ impl Admission {
         self.told.remove(addr);
     }
 
-    /// A dial to a peer found by mDNS failed: true if it failed over the key, so it is not dialled again for a while.
-    pub(super) fn lan_dial_failed(&mut self, peer: PeerId, error_text: &str, now: Instant) -> bool {
-        let refused = refusal(error_text, self.key.as_ref()).is_some();
-        if refused {
-            self.lan_refused.insert(peer, now);
-        }
-        refused
+    /// A dial to a peer found by mDNS failed: the words to say if it failed over the key, in which case the peer is
+    /// not dialled again for [`LAN_REFUSED_FOR`].
+    pub(super) fn lan_dial_failed(&mut self, peer: PeerId, error_text: &str, now: Instant) -> Option<&'static str> {
+        let words = refusal(error_text, self.key.as_ref())?;
+        self.lan_refused.insert(peer, now);
+        Some(words)
     }
 
     /// Whether mDNS may make us dial `peer`: not while it counts as a non-member.
