@@ -54,7 +54,8 @@ pub struct StatusArgs {
 /// A private farm's key, given on the command line or in a file (`join`, `status`, `host`).
 #[derive(Debug, Args)]
 pub struct SwarmKeyArgs {
-    /// The private farm's key, as printed in the host's join line (64 hexadecimal characters)
+    /// A private farm's key: 64 hexadecimal characters, as at the end of a private host's join line (on `host`:
+    /// make the farm private with this key, e.g. for several hosts sharing one farm)
     #[arg(long, value_name = "KEY", value_parser = parse_swarm_key, conflicts_with = "swarm_key_file")]
     pub swarm_key: Option<crate::net::SwarmKey>,
     /// Read the private farm's key from FILE: the 64 hexadecimal characters, or an IPFS swarm.key file
