@@ -30,6 +30,20 @@ fn split_join_line(line: &str) -> (String, String) {
     (addr.to_string(), key.to_string())
 }
 
+/// Collects a child's stderr lines as they come, echoing them for failing tests.
+fn collect_lines(stderr: std::process::ChildStderr, name: &str) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
 /// A `join` process whose log lines (default level) are collected as they come.
 struct Volunteer {
     _proc: Proc,
@@ -69,16 +83,7 @@ impl Volunteer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let name = name.to_string();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let lines = collect_lines(child.stderr.take().unwrap(), name);
         Self { _proc: Proc(child), lines }
     }
 
@@ -102,8 +107,19 @@ async fn strangers_get_nothing_from_a_private_farm_and_are_told_why_while_a_memb
     std::fs::write(dirs.jobdir.join("scene.blend"), b"a private scene").unwrap();
     let blend_name = BlobHash::of_bytes(b"a private scene").to_hex();
     write_job(&dirs.jobdir, "secret", "scene.blend", 1, 6);
-    let (_host, line) = spawn_host(&dirs.jobdir, &dirs.renderdir, &["--private"]);
-    let (addr, key) = split_join_line(&line);
+    let mut host = Command::new(BIN)
+        .arg("host")
+        .args([&dirs.jobdir, &dirs.renderdir])
+        .args(["--listen", "127.0.0.1:0", "--no-mdns", "--private"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let host_log = collect_lines(host.stderr.take().unwrap(), "host");
+    let stdout = host.stdout.take().unwrap();
+    let _host = Proc(host);
+    let (addr, key) = split_join_line(&read_join_line(stdout));
 
     let strangers = dirs.root.path().join("strangers");
     std::fs::create_dir_all(&strangers).unwrap();
@@ -149,6 +165,12 @@ async fn strangers_get_nothing_from_a_private_farm_and_are_told_why_while_a_memb
         assert!(warned[0].contains("the host refused the connection"), "{name}: {warned:#?}");
     }
     assert!(cached_blobs(&dirs.cache("member")).contains(&blend_name));
+
+    // The host noted the refusals at info level, not one line each (at most one a minute): the strangers were refused
+    // at least six times between them.
+    let noted = |l: &String| l.contains("connection(s) from nodes without this private farm's key");
+    let notes = host_log.lock().unwrap().iter().filter(|l| noted(l)).count();
+    assert!((1..6).contains(&notes), "{notes} notes: {:#?}", host_log.lock().unwrap());
 
     // `status` is a connection like any other: it needs the key.
     let (ok, text) = run(&["status", &addr, "--swarm-key", &key, "--json"]);
