@@ -2,11 +2,11 @@
 //! it once with the release binary, runs it and turns its result rows into the table in docs/BENCHMARKS.md.
 //!
 //! ```text
-//! farm [overhead|scaling|dispatch|blob|memory|project|stalls]... [--quick] [--bin PATH] [--tmp DIR]
+//! farm [overhead|scaling|dispatch|blob|memory|project|stalls|pnet]... [--quick] [--bin PATH] [--tmp DIR]
 //!      [--volunteers N] [--frames N] [--frame-ms N] [--peers N] [--verify F]
 //! ```
 //!
-//! No name runs all seven. The size options replace a benchmark's default sizes where it takes them (scaling:
+//! No name runs all eight. The size options replace a benchmark's default sizes where it takes them (scaling:
 //! volunteers, frames, frame-ms; memory: peers, frames; stalls: volunteers, frame-ms). Results go to stdout as
 //! tab-separated lines, `ROW` (benchmark, measured, baseline, ratio, goal, met?), `NOTE` (a sentence for the report)
 //! and `CPU` (seconds of CPU used by processes the benchmark started but nobody waited for, which the script adds to
@@ -28,6 +28,8 @@ mod dispatch;
 mod memory;
 #[path = "farm/overhead.rs"]
 mod overhead;
+#[path = "farm/pnet.rs"]
+mod pnet;
 #[path = "farm/procs.rs"]
 mod procs;
 #[path = "farm/project.rs"]
@@ -41,7 +43,7 @@ use std::process::ExitCode;
 
 use common::Opts;
 
-const ALL: [&str; 7] = ["overhead", "scaling", "dispatch", "blob", "memory", "project", "stalls"];
+const ALL: [&str; 8] = ["overhead", "scaling", "dispatch", "blob", "memory", "project", "stalls", "pnet"];
 
 fn main() -> ExitCode {
     let opts = match Opts::parse(std::env::args().skip(1)) {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
             "memory" => common::block_on(memory::run(&opts)),
             "project" => project::run(&opts),
             "stalls" => common::block_on(stalls::run(&opts)),
+            "pnet" => common::block_on(pnet::run(&opts)),
             other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: {}", ALL.join(", "))),
         };
         // CPU seconds of processes this benchmark stopped without anyone waiting for them (see procs::Proc).

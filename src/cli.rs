@@ -47,6 +47,35 @@ pub struct StatusArgs {
     /// Seconds between reports with --watch.
     #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "watch", value_parser = parse_interval)]
     pub interval: f64,
+    #[command(flatten)]
+    pub key: SwarmKeyArgs,
+}
+
+/// A private farm's key, given on the command line or in a file (`join`, `status`, `host`).
+#[derive(Debug, Args)]
+pub struct SwarmKeyArgs {
+    /// A private farm's key: 64 hexadecimal characters, as at the end of a private host's join line (on `host`:
+    /// make the farm private with this key, e.g. for several hosts sharing one farm)
+    #[arg(long, value_name = "KEY", value_parser = parse_swarm_key, conflicts_with = "swarm_key_file")]
+    pub swarm_key: Option<crate::net::SwarmKey>,
+    /// Read the private farm's key from FILE: the 64 hexadecimal characters, or an IPFS swarm.key file
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key_file: Option<PathBuf>,
+}
+
+impl SwarmKeyArgs {
+    /// The key given by either flag; a bad file is an error naming `--swarm-key-file` and the file.
+    pub fn key(&self) -> anyhow::Result<Option<crate::net::SwarmKey>> {
+        if let Some(path) = &self.swarm_key_file {
+            let key = crate::net::SwarmKey::read_file(path).map_err(|e| anyhow::anyhow!("--swarm-key-file: {e}"))?;
+            return Ok(Some(key));
+        }
+        Ok(self.swarm_key.clone())
+    }
+}
+
+fn parse_swarm_key(text: &str) -> Result<crate::net::SwarmKey, String> {
+    crate::net::SwarmKey::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_interval(text: &str) -> Result<f64, String> {
@@ -123,6 +152,13 @@ pub struct HostArgs {
     #[arg(long, value_name = "SECS", hide = true, requires = "upnp", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(2..=86_400))]
     pub upnp_lease: u64,
+    /// Make the farm private: only nodes holding its key can connect. The key is made on the first run, kept in
+    /// the state folder (swarm.key, mode 0600) and printed in the join line
+    #[arg(long)]
+    pub private: bool,
+    /// With --swarm-key or --swarm-key-file: a private farm with that key (several hosts sharing one farm)
+    #[command(flatten)]
+    pub key: SwarmKeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +200,9 @@ pub struct JoinArgs {
     /// The name hosts show for this volunteer in their logs and status. Default: this machine's host name.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// To join a private farm: its key, from the host's join line
+    #[command(flatten)]
+    pub key: SwarmKeyArgs,
 }
 
 /// This machine's host name, the default volunteer name.
@@ -217,6 +256,11 @@ impl HostArgs {
             self.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
         };
         let state_dir = self.state_dir.unwrap_or_else(|| self.renderdir.join(".blenderdist"));
+        let privacy = match self.key.key()? {
+            Some(key) => crate::net::Privacy::Key(key),
+            None if self.private => crate::net::Privacy::OwnKey,
+            None => crate::net::Privacy::Open,
+        };
         Ok(crate::host::HostConfig {
             jobdir: self.jobdir,
             renderdir: self.renderdir,
@@ -232,6 +276,7 @@ impl HostArgs {
                 allow_private: self.upnp_allow_private,
                 lease: std::time::Duration::from_secs(self.upnp_lease),
             }),
+            privacy,
         })
     }
 }
@@ -241,6 +286,7 @@ impl JoinArgs {
     pub fn into_options(self) -> anyhow::Result<crate::worker::JoinOptions> {
         use anyhow::Context as _;
         let bootstrap = self.bootstrap.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
+        let swarm_key = self.key.key()?;
         let cache_dir = match self.cache_dir {
             // Blender is given paths inside the cache; they must not depend on its working folder.
             Some(dir) => std::path::absolute(&dir).with_context(|| format!("bad cache folder {}", dir.display()))?,
@@ -267,6 +313,7 @@ impl JoinArgs {
             renderers: self.renderers,
             auto_updates: !self.no_auto_updates,
             name: self.name.or_else(machine_name),
+            swarm_key,
         })
     }
 }

@@ -51,10 +51,10 @@ fn main() -> std::process::ExitCode {
             Command::Join(args) => blenderdist::worker::join(args.into_options()?, shutdown).await,
             Command::Status(args) if args.watch => {
                 let every = std::time::Duration::from_secs_f64(args.interval);
-                blenderdist::status::watch(args.address()?, every, args.json, shutdown).await
+                blenderdist::status::watch(args.address()?, args.key.key()?, every, args.json, shutdown).await
             }
             Command::Status(args) => {
-                let report = blenderdist::status::fetch(args.address()?).await?;
+                let report = blenderdist::status::fetch(args.address()?, args.key.key()?).await?;
                 let text = if args.json {
                     blenderdist::status::to_json(&report)?
                 } else {

@@ -30,11 +30,12 @@ struct Session {
 
 impl Session {
     /// Connects with a throwaway identity: it claims nothing, so the host never counts it as a volunteer.
-    fn open(addr: Multiaddr) -> anyhow::Result<Self> {
+    fn open(addr: Multiaddr, swarm_key: Option<net::SwarmKey>) -> anyhow::Result<Self> {
         let keypair = libp2p::identity::Keypair::generate_ed25519();
         let max_peers = crate::protocol::DEFAULT_MAX_PEERS;
         let config = NetConfig {
             keypair,
+            swarm_key,
             is_host: false,
             listen: vec![],
             bootstrap: vec![addr.clone()],
@@ -83,9 +84,9 @@ impl Session {
     }
 }
 
-/// Asks the host at `addr` for its status once.
-pub async fn fetch(addr: Multiaddr) -> anyhow::Result<StatusReport> {
-    Session::open(addr)?.ask().await
+/// Asks the host at `addr` (of a private farm when `swarm_key` is given) for its status once.
+pub async fn fetch(addr: Multiaddr, swarm_key: Option<net::SwarmKey>) -> anyhow::Result<StatusReport> {
+    Session::open(addr, swarm_key)?.ask().await
 }
 
 /// `status --watch`: asks every `every` and redraws the tables in place (on the terminal's alternate screen, as `top`
@@ -94,11 +95,12 @@ pub async fn fetch(addr: Multiaddr) -> anyhow::Result<StatusReport> {
 /// last; with `json`, each report is one line of JSON (a stream for scripts).
 pub async fn watch(
     addr: Multiaddr,
+    swarm_key: Option<net::SwarmKey>,
     every: Duration,
     json: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut session = Session::open(addr.clone())?;
+    let mut session = Session::open(addr.clone(), swarm_key)?;
     let mut last = session.ask().await?;
     let mut screen = Screen::new(!json && std::io::stdout().is_terminal(), !json)?;
     let mut problem: Option<String> = None;

@@ -27,6 +27,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 fn node(key: &Keypair, addr: &Multiaddr) -> Client {
     let (client, mut events) = net::spawn(NetConfig {
         keypair: key.clone(),
+        swarm_key: None,
         is_host: false,
         listen: vec![],
         bootstrap: vec![addr.clone()],
@@ -270,6 +271,7 @@ async fn an_owner_that_stops_answering_never_wedges_a_render_slot() {
     let dirs = Dirs::new();
     let (client, mut events) = net::spawn(NetConfig {
         keypair: Keypair::generate_ed25519(),
+        swarm_key: None,
         is_host: true,
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: vec![],
@@ -311,6 +313,7 @@ async fn an_owner_that_stops_answering_never_wedges_a_render_slot() {
         updater: None,
         caps: None,
         patience: Patience { reply: Duration::from_secs(1), stored: Duration::from_secs(1) },
+        swarm_key: None,
     };
     let _w = blenderdist::worker::start(config, FakeRenderer::new(Duration::from_millis(10)), shutdown).unwrap();
     // Frame 1's files never come: the slot gives the frame up. Frame 2's upload is never acknowledged: the slot

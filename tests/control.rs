@@ -230,6 +230,7 @@ async fn a_volunteer_with_several_renderers_renders_frames_at_once() {
         updater: None,
         caps: None,
         patience: Default::default(),
+        swarm_key: None,
     };
     let _w = blenderdist::worker::start(config, renderer.clone(), shutdown).unwrap();
     wait_until("all frames", LIMIT, || count(&dirs.renderdir.join("n")) == 8).await;

@@ -8,10 +8,10 @@ use std::{
 
 use crate::{blender_e2e::*, common::*};
 
-/// Two network namespaces and the veth pair between them, removed on drop.
-struct Lan {
-    host_ns: String,
-    volunteer_ns: String,
+/// Two network namespaces and the veth pair between them, removed on drop (also used by tests/private.rs).
+pub(crate) struct Lan {
+    pub(crate) host_ns: String,
+    pub(crate) volunteer_ns: String,
 }
 
 fn ip(args: &[&str]) -> bool {
@@ -20,7 +20,7 @@ fn ip(args: &[&str]) -> bool {
 
 impl Lan {
     /// Addresses come from 198.18.0.0/15, the range set aside for network tests; they exist only inside the pair.
-    fn new() -> Option<Self> {
+    pub(crate) fn new() -> Option<Self> {
         let id = std::process::id() % 50_000;
         let (h, v) = (format!("bdh{id}"), format!("bdv{id}"));
         let lan = Lan { host_ns: h.clone(), volunteer_ns: v.clone() };

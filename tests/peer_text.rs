@@ -190,6 +190,7 @@ async fn junk_gossip_from_a_volunteer_reaches_nobody_and_fills_no_log() {
         updater: None,
         caps: None,
         patience: Default::default(),
+        swarm_key: None,
     };
     let _w = blenderdist::worker::start(config, FakeRenderer::new(Duration::from_millis(50)), shutdown).unwrap();
 

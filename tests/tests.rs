@@ -13,6 +13,7 @@ mod finish;
 mod hostile;
 mod lan;
 mod peer_text;
+mod private;
 mod projects;
 mod status;
 mod update;

@@ -189,6 +189,7 @@ async fn two_nodes(
     let key = libp2p::identity::Keypair::generate_ed25519();
     let (host, mut events) = net::spawn(NetConfig {
         keypair: key.clone(),
+        swarm_key: None,
         is_host: true,
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: vec![],
@@ -210,6 +211,7 @@ async fn two_nodes(
     server.serve_updates(sign(&key, &manifest_for(hash, 0)).unwrap(), vec![(hash, served)]);
     let (volunteer, mut vevents) = net::spawn(NetConfig {
         keypair: libp2p::identity::Keypair::generate_ed25519(),
+        swarm_key: None,
         is_host: false,
         listen: vec![],
         bootstrap: vec![addr],

@@ -45,7 +45,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     write_source(src.clone(), size).await?;
     // Hashing reads the file once, so both transfers find it in the page cache.
     let (hash, _) = hash_file(&src).await?;
-    let pair = BlobPair::start(dir.path(), hash, &src).await?;
+    let pair = BlobPair::start(dir.path(), hash, &src, None).await?;
     let store = BlobStore::open(dir.path().join("store"))?;
     let plain_dst = dir.path().join("plain.bin");
 
@@ -88,11 +88,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rate(size: u64, t: Duration) -> String {
+pub(crate) fn rate(size: u64, t: Duration) -> String {
     format!("{:.0} MiB/s ({:.2} s)", size as f64 / MIB / t.as_secs_f64(), t.as_secs_f64())
 }
 
-async fn write_source(path: PathBuf, size: u64) -> anyhow::Result<()> {
+pub(crate) async fn write_source(path: PathBuf, size: u64) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
         let mut file = std::fs::File::create(&path)?;
@@ -175,8 +175,8 @@ async fn plain_copy(src: &Path, dst: Option<&Path>, hash: bool, size: u64) -> an
     Ok(took)
 }
 
-/// Two connected libp2p nodes: one serving the file with `BlobServer`, one fetching it.
-struct BlobPair {
+/// Two connected libp2p nodes: one serving the file with `BlobServer`, one fetching it (also used by `pnet.rs`).
+pub(crate) struct BlobPair {
     server: Client,
     client: Client,
     /// Kept open: the server's channel of arrived frames (none arrive here).
@@ -184,9 +184,16 @@ struct BlobPair {
 }
 
 impl BlobPair {
-    async fn start(dir: &Path, hash: BlobHash, src: &Path) -> anyhow::Result<Self> {
+    /// Both nodes private with `swarm_key` when given.
+    pub(crate) async fn start(
+        dir: &Path,
+        hash: BlobHash,
+        src: &Path,
+        swarm_key: Option<net::SwarmKey>,
+    ) -> anyhow::Result<Self> {
         let (server, mut events) = net::spawn(NetConfig {
             keypair: Keypair::generate_ed25519(),
+            swarm_key: swarm_key.clone(),
             is_host: true,
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             bootstrap: vec![],
@@ -212,12 +219,14 @@ impl BlobPair {
                 let _ = question.reply.send(true);
             }
         });
-        let blob_server = BlobServer::new(dir.join("server-tmp"), arrivals_tx, access_tx)?;
+        let blob_server =
+            BlobServer::new(dir.join(format!("server-tmp-{}", server.peer_id())), arrivals_tx, access_tx)?;
         blob_server.serve_job("bench", vec![(hash, src.to_path_buf())]);
         blob_server.spawn(&server)?;
 
         let (client, events) = net::spawn(NetConfig {
             keypair: Keypair::generate_ed25519(),
+            swarm_key,
             is_host: false,
             listen: vec![],
             bootstrap: vec![addr.with(Protocol::P2p(server.peer_id()))],
@@ -251,7 +260,7 @@ impl BlobPair {
         }
     }
 
-    async fn fetch(&self, store: &BlobStore, hash: BlobHash) -> anyhow::Result<Duration> {
+    pub(crate) async fn fetch(&self, store: &BlobStore, hash: BlobHash) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         let fetched = tokio::time::timeout(Duration::from_secs(120), async {
             let (mut stream, size) = self.request(hash).await?;
@@ -262,7 +271,7 @@ impl BlobPair {
         Ok(t0.elapsed())
     }
 
-    async fn fetch_to_memory(&self, hash: BlobHash, size: u64) -> anyhow::Result<Duration> {
+    pub(crate) async fn fetch_to_memory(&self, hash: BlobHash, size: u64) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         let (mut stream, announced) = self.request(hash).await?;
         let mut buf = vec![0u8; CHUNK];

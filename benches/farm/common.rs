@@ -271,6 +271,7 @@ impl Farm {
             http: None,
             finish: Default::default(),
             upnp: None,
+            privacy: Default::default(),
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         let addr = host.addrs[0].clone();
@@ -303,6 +304,7 @@ impl Farm {
             updater: None,
             caps: None,
             patience: Default::default(),
+            swarm_key: None,
         };
         worker::start(config, renderer, self.stop.clone().cancelled_owned())?;
         self.volunteers += 1;

@@ -112,6 +112,7 @@ async fn connect_peers(addr: &Multiaddr, host: PeerId, count: usize) -> anyhow::
     for _ in 0..count {
         let (client, mut events) = net::spawn(NetConfig {
             keypair: Keypair::generate_ed25519(),
+            swarm_key: None,
             is_host: false,
             listen: vec![],
             bootstrap: vec![addr.clone()],

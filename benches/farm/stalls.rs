@@ -79,6 +79,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
             updater: None,
             caps: None,
             patience: Default::default(),
+            swarm_key: None,
         };
         worker::start(config, renderer.clone(), stop.clone().cancelled_owned())?;
     }
@@ -261,6 +262,7 @@ async fn probe(
 ) -> anyhow::Result<Vec<Sample>> {
     let (client, mut events) = net::spawn(NetConfig {
         keypair: Keypair::generate_ed25519(),
+        swarm_key: None,
         is_host: false,
         listen: vec![],
         bootstrap: vec![addr],

@@ -76,6 +76,8 @@ pub struct HostConfig {
     pub finish: finish::FinishConfig,
     /// Ask the home router for a port mapping (`--upnp`); `None`: never send SSDP.
     pub upnp: Option<net::upnp::UpnpConfig>,
+    /// Open, or private with a swarm key (`--private`, `--swarm-key`).
+    pub privacy: net::Privacy,
 }
 
 /// A running host, for tests and the binary alike.
@@ -90,6 +92,8 @@ pub struct RunningHost {
     pub dashboard: Option<std::net::SocketAddr>,
     /// With `--upnp`: the join address through the router's port mapping, or why there is none.
     pub upnp: Option<upnp::UpnpOutcome>,
+    /// A private farm's key, which volunteers need to join.
+    pub swarm_key: Option<net::SwarmKey>,
 }
 
 /// Runs a host until `shutdown`, relaunching it on a new build of its program file (the `host` command).
@@ -138,12 +142,17 @@ pub async fn start(
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state folder {}", config.state_dir.display()))?;
     let keypair = keys::load_or_create(&config.state_dir.join("node.key"))?;
+    let swarm_key = config.privacy.key(&config.state_dir)?;
+    if let Some(key) = &swarm_key {
+        info!("private farm: only nodes with the swarm key (fingerprint {}) can connect", key.fingerprint());
+    }
     let own = OwnBinary::locate().await?;
     let builds = crate::update::host::builds(&own, config.release_dir.as_deref()).await?;
     let manifest = crate::update::manifest::sign(&keypair, &crate::update::host::manifest(&own, &builds))?;
     let state = std::sync::Arc::new(StateStore::open(&config.state_dir.join("state.redb"))?);
     let (client, mut events) = net::spawn(NetConfig {
         keypair: keypair.clone(),
+        swarm_key: swarm_key.clone(),
         is_host: true,
         listen: config.listen.clone(),
         bootstrap: vec![],
@@ -253,7 +262,7 @@ pub async fn start(
         result
     });
     let upnp = upnp::map(upnp_config, &addrs, &upnp_client, peer_id, mapping_tx).await;
-    Ok(RunningHost { peer_id, addrs, task, own, dashboard, upnp })
+    Ok(RunningHost { peer_id, addrs, task, own, dashboard, upnp, swarm_key })
 }
 
 /// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.
@@ -276,27 +285,29 @@ fn check_dir(dir: &std::path::Path, what: &str) -> anyhow::Result<()> {
 fn print_ready(host: &RunningHost) {
     let local = best_addr(&host.addrs);
     let id = host.peer_id;
+    // A private farm's volunteers need its key with the address.
+    let key = host.swarm_key.as_ref().map_or(String::new(), |k| format!(" --swarm-key {}", k.to_hex()));
     match &host.upnp {
         Some(Ok(mapped)) => {
             let external = mapped.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect::<Multiaddr>();
             println!("blenderdist host {id} is ready; port mapped by UPnP: {external}. On each volunteer machine run:");
-            println!("    blenderdist join {mapped}");
+            println!("    blenderdist join {mapped}{key}");
             if let Some(addr) = local {
                 println!("or, on this host's own network:");
-                println!("    blenderdist join {addr}");
+                println!("    blenderdist join {addr}{key}");
             }
         }
         Some(Err(reason)) => {
             println!("blenderdist host {id} is ready; no port mapped by UPnP: {reason}.");
             if let Some(addr) = local {
                 println!("On each volunteer machine that can reach this one run:");
-                println!("    blenderdist join {addr}");
+                println!("    blenderdist join {addr}{key}");
             }
         }
         None => {
             if let Some(addr) = local {
                 println!("blenderdist host {id} is ready. On each volunteer machine run:");
-                println!("    blenderdist join {addr}");
+                println!("    blenderdist join {addr}{key}");
             }
         }
     }

@@ -29,8 +29,18 @@ pub(super) fn dial_reason(error: &libp2p::swarm::DialError) -> String {
 const CLOSED_EARLY: &str = "it closed the connection during the handshake (busy, at its connection limits, ignoring \
                             this node for a while, or not a blenderdist node)";
 
-fn transport_reason(error: &(dyn std::error::Error + 'static)) -> String {
-    // The io::Error underneath is wrapped in types that do not expose it as a source; its words are reliable.
+/// A dial error's whole text, every transport attempt and every error in each chain, for recognising its kind.
+pub(super) fn dial_text(error: &libp2p::swarm::DialError) -> String {
+    match error {
+        libp2p::swarm::DialError::Transport(attempts) => {
+            attempts.iter().map(|(_, e)| chain_text(e)).collect::<Vec<_>>().join("; ")
+        }
+        other => chain_text(other),
+    }
+}
+
+/// An error and its sources, joined by colons.
+pub(super) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -38,6 +48,12 @@ fn transport_reason(error: &(dyn std::error::Error + 'static)) -> String {
         text.push_str(&e.to_string());
         source = e.source();
     }
+    text
+}
+
+fn transport_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    // The io::Error underneath is wrapped in types that do not expose it as a source; its words are reliable.
+    let text = chain_text(error);
     let lower = text.to_lowercase();
     let known = [
         ("connection refused", "connection refused"),

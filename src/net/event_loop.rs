@@ -22,9 +22,11 @@ use tracing::{debug, info, warn};
 use super::{
     behaviour::{Behaviour, BehaviourEvent, HOST_AGENT, VOLUNTEER_AGENT},
     budget::{Budgets, Charge},
-    dial::{dial_reason, peer_of},
+    dial::{chain_text, dial_reason, dial_text, peer_of},
     gossip::{self, Gossip, Judgement, Role, Topic},
-    lock, Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
+    lock,
+    private::Admission,
+    Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
 };
 use crate::protocol::{encode_offer, one_line, to_cbor, WorkResponse, IDENTIFY_PROTOCOL, OFFER_TOPIC, UPDATE_TOPIC};
 
@@ -55,6 +57,8 @@ pub(super) struct EventLoop {
     roles: HashMap<PeerId, Role>,
     /// Every peer's budget; shared with the [`super::Client`]s, which charge streams and strikes.
     budgets: Arc<Mutex<Budgets>>,
+    /// The private farm's key, and what the loop remembers of peers refused over it.
+    pub(super) admission: Admission,
 }
 
 impl EventLoop {
@@ -94,6 +98,7 @@ impl EventLoop {
             is_host,
             roles: HashMap::new(),
             budgets,
+            admission: Admission::default(),
         })
     }
 
@@ -238,6 +243,7 @@ impl EventLoop {
                     if b.peer == Some(peer_id) || b.dialing == Some(connection_id) {
                         b.peer = Some(peer_id);
                         b.connected = true;
+                        self.admission.connected(&b.addr);
                         b.dialing = None;
                         b.backoff = REDIAL_MIN;
                     }
@@ -256,21 +262,41 @@ impl EventLoop {
                 self.emit(NetEvent::PeerGone(peer_id)).await;
             }
             SwarmEvent::OutgoingConnectionError { peer_id, connection_id, error } => {
-                debug!(?peer_id, "dial failed: {error}");
+                let text = dial_text(&error);
+                debug!(?peer_id, "dial failed: {text}");
                 let now = Instant::now();
                 for b in self.bootstrap.iter_mut().filter(|b| b.dialing == Some(connection_id)) {
                     b.dialing = None;
-                    // Said at the default level: a volunteer with a mistyped address must not wait in silence.
-                    let retry = b.next_dial.saturating_duration_since(now).as_secs_f64().ceil();
-                    warn!("cannot reach {}: {}; retrying in {retry} s", b.addr, dial_reason(&error));
+                    // A key mismatch is said once per address: retrying cannot fix it, only a new join line can.
+                    match self.admission.dial_refused(&b.addr, &text) {
+                        Some((words, true)) => warn!("cannot join {}: {words}", b.addr),
+                        Some((words, false)) => debug!("cannot join {}: {words}", b.addr),
+                        None => {
+                            // Said at the default level: a volunteer with a mistyped address must not wait in silence.
+                            let retry = b.next_dial.saturating_duration_since(now).as_secs_f64().ceil();
+                            warn!("cannot reach {}: {}; retrying in {retry} s", b.addr, dial_reason(&error));
+                        }
+                    }
                 }
                 if let Some(peer) = peer_id {
-                    self.discovered.remove(&peer);
+                    let lan = self.discovered.remove(&peer);
+                    if let Some(words) =
+                        lan.then(|| self.admission.lan_dial_failed(peer, &text, now.into_std())).flatten()
+                    {
+                        // A node of another farm (or of this one with another key) on the LAN: not redialled for a
+                        // while, and said once rather than at every mDNS announcement.
+                        let minutes = super::private::LAN_REFUSED_FOR.as_secs() / 60;
+                        info!(%peer, "peer found on the LAN: {words}; leaving it alone for {minutes} minutes");
+                    }
                 }
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 // Junk bytes, port scans and half-open handshakes end here; they cost the node nothing else.
-                debug!(%send_back_addr, "incoming connection failed: {error}");
+                let text = chain_text(&error);
+                debug!(%send_back_addr, "incoming connection failed: {text}");
+                if let Some(count) = self.admission.incoming_refused(&text, std::time::Instant::now()) {
+                    info!(%send_back_addr, "refused {count} connection(s) from nodes without this private farm's key");
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
             _ => {}
@@ -313,7 +339,8 @@ impl EventLoop {
                     return;
                 }
                 for (peer, addr) in found {
-                    if self.swarm.is_connected(&peer) || !self.discovered.insert(peer) {
+                    let member = self.admission.may_dial_lan_peer(&peer, std::time::Instant::now());
+                    if !member || self.swarm.is_connected(&peer) || !self.discovered.insert(peer) {
                         continue;
                     }
                     info!(%peer, %addr, "found a peer on the LAN");

@@ -12,6 +12,7 @@ pub mod budget;
 mod dial;
 mod event_loop;
 mod gossip;
+pub mod private;
 pub mod upnp;
 
 use std::{
@@ -19,14 +20,13 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{
-    identity::Keypair, noise, request_response::ResponseChannel, tcp, yamux, Multiaddr, PeerId, Stream, StreamProtocol,
-};
+use libp2p::{identity::Keypair, request_response::ResponseChannel, Multiaddr, PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 pub use behaviour::{HOST_AGENT, VOLUNTEER_AGENT};
 pub use dial::peer_of;
 use event_loop::EventLoop;
+pub use private::{Privacy, SwarmKey, SwarmKeyError};
 
 use crate::protocol::{JobOffer, SignedManifest, WorkRequest, WorkResponse};
 
@@ -43,6 +43,8 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct NetConfig {
     pub keypair: Keypair,
+    /// A private farm's key: without the same key no connection to or from this node completes (TCP only).
+    pub swarm_key: Option<SwarmKey>,
     pub is_host: bool,
     pub listen: Vec<Multiaddr>,
     /// Addresses to keep connected to, redialled with a capped backoff whenever the connection is down.
@@ -253,7 +255,7 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_other_transport(|key| private::transport(key, config.swarm_key.as_ref()))
         .map_err(|e| setup(&e))?
         .with_dns()
         .map_err(|e| setup(&e))?
@@ -276,8 +278,9 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
     let (events, event_rx) = mpsc::channel(1024);
     let peer_id = *swarm.local_peer_id();
     let budgets = Arc::new(Mutex::new(budget::Budgets::default()));
-    let event_loop = EventLoop::new(swarm, command_rx, events, config.bootstrap, config.is_host, budgets.clone())
+    let mut event_loop = EventLoop::new(swarm, command_rx, events, config.bootstrap, config.is_host, budgets.clone())
         .map_err(NetError::Setup)?;
+    event_loop.admission = private::Admission::new(config.swarm_key);
     tokio::spawn(event_loop.run());
     let pacer = Arc::default();
     Ok((Client { commands, control, peer_id, budgets, pacer }, event_rx))

@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     pub caps: Option<crate::protocol::VolunteerCaps>,
     /// How long to wait for an owner's answers on blob streams.
     pub patience: Patience,
+    /// A private farm's key (`join --swarm-key`); `None` joins open farms only.
+    pub swarm_key: Option<net::SwarmKey>,
 }
 
 /// What the `join` command is asked to do, in the library's own terms.
@@ -62,12 +64,23 @@ pub struct JoinOptions {
     pub auto_updates: bool,
     /// The name hosts show for this volunteer.
     pub name: Option<String>,
+    /// A private farm's key (`--swarm-key`, `--swarm-key-file`).
+    pub swarm_key: Option<net::SwarmKey>,
 }
 
 /// Runs a volunteer with real Blender until `shutdown`, relaunching it on a staged build (the `join` command).
 pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let JoinOptions { bootstrap, mdns, cache_dir, blender: program, render: options, renderers, auto_updates, name } =
-        options;
+    let JoinOptions {
+        bootstrap,
+        mdns,
+        cache_dir,
+        blender: program,
+        render: options,
+        renderers,
+        auto_updates,
+        name,
+        swarm_key,
+    } = options;
     if bootstrap.is_empty() && !mdns {
         anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
     }
@@ -91,6 +104,7 @@ pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Sen
         updater: Some(updater.clone()),
         caps: Some(crate::protocol::VolunteerCaps { name, ..renderer.caps().clone() }),
         patience: Patience::default(),
+        swarm_key,
     };
     // Asked to stop, the volunteer stops, even with an update staged: it must not restart itself instead.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -126,6 +140,7 @@ pub fn start<R: Renderer>(
     let _ = std::fs::remove_dir_all(&work_dir);
     let (client, events) = net::spawn(NetConfig {
         keypair,
+        swarm_key: config.swarm_key.clone(),
         is_host: false,
         listen: vec![],
         bootstrap: config.bootstrap.clone(),

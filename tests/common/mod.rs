@@ -103,6 +103,7 @@ impl Dirs {
             http: None,
             finish: Default::default(),
             upnp: None,
+            privacy: Default::default(),
         }
     }
 }
@@ -183,6 +184,7 @@ pub fn start_fake_worker_with(
         updater: None,
         caps,
         patience: Default::default(),
+        swarm_key: None,
     };
     (worker::start(config, renderer, shutdown).unwrap(), stop)
 }
@@ -299,6 +301,7 @@ pub fn raw_peer(
 ) -> (blenderdist::net::Client, tokio::sync::mpsc::Receiver<blenderdist::net::NetEvent>) {
     blenderdist::net::spawn(blenderdist::net::NetConfig {
         keypair: libp2p::identity::Keypair::generate_ed25519(),
+        swarm_key: None,
         is_host: false,
         listen: vec![],
         bootstrap: vec![host.clone()],
