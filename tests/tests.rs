@@ -14,6 +14,7 @@ mod hostile;
 mod lan;
 mod peer_text;
 mod projects;
+mod relay;
 mod status;
 mod update;
 mod verify;

@@ -270,6 +270,7 @@ impl Farm {
             blender: None,
             http: None,
             finish: Default::default(),
+            relays: vec![],
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         let addr = host.addrs[0].clone();

@@ -24,7 +24,9 @@ use super::{
     budget::{Budgets, Charge},
     dial::{dial_reason, peer_of},
     gossip::{self, Gossip, Judgement, Role, Topic},
-    lock, Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
+    lock,
+    relay::{RelayConfig, Relays},
+    Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
 };
 use crate::protocol::{encode_offer, one_line, to_cbor, WorkResponse, IDENTIFY_PROTOCOL, OFFER_TOPIC, UPDATE_TOPIC};
 
@@ -55,6 +57,8 @@ pub(super) struct EventLoop {
     roles: HashMap<PeerId, Role>,
     /// Every peer's budget; shared with the [`super::Client`]s, which charge streams and strikes.
     budgets: Arc<Mutex<Budgets>>,
+    /// Reservations on relays, relayed connections and hole punching (see `relay.rs`).
+    relays: Relays,
 }
 
 impl EventLoop {
@@ -94,7 +98,12 @@ impl EventLoop {
             is_host,
             roles: HashMap::new(),
             budgets,
+            relays: Relays::new(&RelayConfig::default()),
         })
+    }
+
+    pub(super) fn with_relays(self, relays: Relays) -> Self {
+        Self { relays, ..self }
     }
 
     pub(super) async fn run(mut self) {
@@ -116,6 +125,9 @@ impl EventLoop {
                 _ = redial.tick() => {
                     self.redial();
                     self.apply_bans();
+                    for host in self.relays.tick(&mut self.swarm) {
+                        self.emit(NetEvent::HostFound(host)).await;
+                    }
                 }
             }
         }
@@ -130,6 +142,9 @@ impl EventLoop {
             Some(_) => b.next_dial + Duration::from_secs(10) <= now,
         };
         for b in self.bootstrap.iter_mut().filter(|b| !b.connected && due(b)) {
+            if !self.relays.ready_to_dial(&mut self.swarm, &b.addr) {
+                continue;
+            }
             debug!(addr = %b.addr, "dialling bootstrap peer");
             let opts = match b.peer {
                 Some(peer) => DialOpts::peer_id(peer).addresses(vec![b.addr.clone()]).build(),
@@ -222,7 +237,13 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!("listening on {address}");
+                self.relays.on_new_listen_addr(&mut self.swarm, &address);
                 self.emit(NetEvent::Listening(address)).await;
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. }
+                if self.relays.on_listener_closed(listener_id, reason.as_ref().err().map(|e| e.to_string())) => {}
+            SwarmEvent::ListenerError { listener_id, error } if self.relays.owns_listener(listener_id) => {
+                warn!("relay reservation: {error}");
             }
             SwarmEvent::ListenerClosed { addresses, reason: Err(e), .. } => {
                 let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
@@ -231,8 +252,9 @@ impl EventLoop {
             SwarmEvent::ListenerError { error, .. } => {
                 self.emit(NetEvent::ListenFailed(format!("listener error: {error}"))).await;
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 debug!(%peer_id, "connected");
+                self.relays.on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
                 for b in &mut self.bootstrap {
                     if b.peer == Some(peer_id) || b.dialing == Some(connection_id) {
                         b.peer = Some(peer_id);
@@ -242,8 +264,12 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } if num_established > 0 => {
+                self.relays.on_closed(peer_id, connection_id, num_established);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established: 0, cause, .. } => {
                 debug!(%peer_id, ?cause, "disconnected");
+                self.relays.on_closed(peer_id, connection_id, 0);
                 self.discovered.remove(&peer_id);
                 self.roles.remove(&peer_id);
                 lock(&self.budgets).forget(&peer_id);
@@ -278,7 +304,8 @@ impl EventLoop {
 
     async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
+                self.relays.on_identified(peer_id, connection_id);
                 let role = if info.agent_version.starts_with(HOST_AGENT) { Role::Host } else { Role::NotHost };
                 self.roles.insert(peer_id, role);
                 if info.protocol_version != IDENTIFY_PROTOCOL {
@@ -294,7 +321,7 @@ impl EventLoop {
                         let _ = self.swarm.disconnect_peer_id(peer_id);
                     }
                     self.emit(NetEvent::Incompatible { peer: peer_id, theirs, host }).await;
-                } else if info.agent_version.starts_with(HOST_AGENT) {
+                } else if info.agent_version.starts_with(HOST_AGENT) && !self.relays.hold_host(peer_id) {
                     self.emit(NetEvent::HostFound(peer_id)).await;
                 }
             }
@@ -327,6 +354,13 @@ impl EventLoop {
                 self.on_gossip(propagation_source, message_id, message).await;
             }
             BehaviourEvent::Work(event) => self.on_work_event(event).await,
+            BehaviourEvent::RelayClient(event) => self.relays.on_client_event(event),
+            BehaviourEvent::RelayServer(event) => self.relays.on_server_event(event),
+            BehaviourEvent::Dcutr(event) => {
+                if let Some(host) = self.relays.on_dcutr(event) {
+                    self.emit(NetEvent::HostFound(host)).await;
+                }
+            }
             _ => {}
         }
     }

@@ -102,6 +102,7 @@ impl Dirs {
             blender: None,
             http: None,
             finish: Default::default(),
+            relays: vec![],
         }
     }
 }

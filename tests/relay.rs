@@ -1,0 +1,275 @@
+//! Relays and hole punching between two homes, each behind its own Linux NAT router, with a public relay between
+//! them. Everything lives in network namespaces the test makes (198.18.0.0/15 "internet", 10.x homes):
+//!
+//! ```text
+//!   home A: host 10.1.0.2 ── 10.1.0.1 router A 198.18.100.2 ──┐
+//!                                                              ├─ internet (the relay, 198.18.100.1 / 198.18.101.1)
+//!   home B: volunteer 10.2.0.2 ── 10.2.0.1 router B 198.18.101.2 ─┘
+//! ```
+//!
+//! The routers masquerade and drop (not reject) unsolicited inbound packets, as home routers do; TCP hole punching
+//! needs the drop. Router B can be made a symmetric NAT (`--random-fully`: a new public port per destination), which
+//! no hole punch gets through.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::{blender_e2e::*, common::*};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn run(program: &str, args: &[&str]) -> bool {
+    Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// The namespaces and links of the two homes and the internet, removed on drop.
+struct Homes {
+    internet: String,
+    router_a: String,
+    router_b: String,
+    home_a: String,
+    home_b: String,
+}
+
+impl Homes {
+    /// `symmetric_b`: router B gives every destination its own public port, so hole punching cannot work.
+    fn new(symmetric_b: bool) -> Option<Self> {
+        if !run("iptables", &["--version"]) {
+            skip("iptables is not installed");
+            return None;
+        }
+        // Unique per test: tests in one binary share the pid.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!("{}{}", std::process::id() % 10_000, NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let homes = Homes {
+            internet: format!("bdi{id}"),
+            router_a: format!("bdra{id}"),
+            router_b: format!("bdrb{id}"),
+            home_a: format!("bdha{id}"),
+            home_b: format!("bdhb{id}"),
+        };
+        for ns in homes.all() {
+            if !run("ip", &["netns", "add", ns]) {
+                skip(&format!("`ip netns add {ns}` failed (needs root and iproute2)"));
+                return None;
+            }
+            homes.ns(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        let (i, ra, rb, ha, hb) = (&homes.internet, &homes.router_a, &homes.router_b, &homes.home_a, &homes.home_b);
+        // (namespace, its interface, its address, peer namespace, peer interface, peer address)
+        let links = [
+            (i, format!("wa{id}"), "198.18.100.1/24", ra, format!("wa{id}r"), "198.18.100.2/24"),
+            (i, format!("wb{id}"), "198.18.101.1/24", rb, format!("wb{id}r"), "198.18.101.2/24"),
+            (ra, format!("la{id}"), "10.1.0.1/24", ha, format!("la{id}h"), "10.1.0.2/24"),
+            (rb, format!("lb{id}"), "10.2.0.1/24", hb, format!("lb{id}h"), "10.2.0.2/24"),
+        ];
+        for (ns1, if1, addr1, ns2, if2, addr2) in &links {
+            assert!(run("ip", &["link", "add", if1, "type", "veth", "peer", "name", if2]), "veth {if1}");
+            for (ns, ifname, addr) in [(ns1, if1, addr1), (ns2, if2, addr2)] {
+                assert!(run("ip", &["link", "set", ifname, "netns", ns]));
+                homes.ns(ns, &["ip", "addr", "add", addr, "dev", ifname]);
+                homes.ns(ns, &["ip", "link", "set", ifname, "up"]);
+            }
+        }
+        homes.ns(ha, &["ip", "route", "add", "default", "via", "10.1.0.1"]);
+        homes.ns(hb, &["ip", "route", "add", "default", "via", "10.2.0.1"]);
+        homes.ns(ra, &["ip", "route", "add", "default", "via", "198.18.100.1"]);
+        homes.ns(rb, &["ip", "route", "add", "default", "via", "198.18.101.1"]);
+        // The internet forwards between the routers and translates nothing.
+        homes.ns(i, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for (router, wan, lan, symmetric) in [
+            (ra, format!("wa{id}r"), format!("la{id}"), false),
+            (rb, format!("wb{id}r"), format!("lb{id}"), symmetric_b),
+        ] {
+            homes.ns(router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            let mut masquerade = vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", &wan, "-j", "MASQUERADE"];
+            if symmetric {
+                masquerade.push("--random-fully");
+            }
+            homes.ns(router, &masquerade);
+            let established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
+            homes.ns(router, &["iptables", "-A", "FORWARD", "-i", &lan, "-o", &wan, "-j", "ACCEPT"]);
+            homes.ns(router, &[&["iptables", "-A", "FORWARD", "-i", &wan][..], &established].concat());
+            homes.ns(router, &["iptables", "-A", "FORWARD", "-j", "DROP"]);
+            homes.ns(router, &[&["iptables", "-A", "INPUT", "-i", &wan][..], &established].concat());
+            homes.ns(router, &["iptables", "-A", "INPUT", "-i", &wan, "-j", "DROP"]);
+        }
+        Some(homes)
+    }
+
+    fn all(&self) -> [&String; 5] {
+        [&self.internet, &self.router_a, &self.router_b, &self.home_a, &self.home_b]
+    }
+
+    /// Runs a command in namespace `ns`, which must succeed.
+    fn ns(&self, ns: &str, args: &[&str]) {
+        let ok = run("ip", &[&["netns", "exec", ns][..], args].concat());
+        assert!(ok, "in {ns}: {} failed", args.join(" "));
+    }
+
+    /// A `blenderdist` command in namespace `ns`, its stderr in `log`.
+    fn blenderdist(&self, ns: &str, args: &[&str], log: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, BIN]).args(args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(log).unwrap());
+        cmd
+    }
+}
+
+impl Drop for Homes {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its ends of the veth pairs, and with them the other ends.
+        for ns in self.all() {
+            run("ip", &["netns", "del", ns]);
+        }
+    }
+}
+
+/// Reads a child's stdout until a line containing `marker`, returns what follows it, and drains the rest.
+fn read_after(stdout: std::process::ChildStdout, marker: &str) -> String {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        if let Some((_, rest)) = line.split_once(marker) {
+            let rest = rest.trim().to_string();
+            std::thread::spawn(move || for _ in lines {});
+            return rest;
+        }
+    }
+    panic!("the program ended without printing {marker:?}");
+}
+
+fn log_has(log: &Path, words: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| text.contains(words))
+}
+
+/// A farm across the two homes: the relay on the internet, the host in home A, the volunteer in home B.
+struct Farm {
+    _relay: Proc,
+    _host: Proc,
+    _volunteer: Proc,
+    dirs: Dirs,
+    host_log: PathBuf,
+    volunteer_log: PathBuf,
+    ready: String,
+    join: String,
+}
+
+/// Starts the relay (with `relay_args`), the host behind router A with `--relay`, and a volunteer behind router B
+/// that joins with the host's join line. `blender`: the volunteer's Blender; the job renders `frames` frames.
+fn start_farm(homes: &Homes, relay_args: &[&str], blender: Option<&Path>, frames: u32) -> Farm {
+    let dirs = Dirs::new();
+    let logs = dirs.root.path();
+    let state = logs.join("relay-state");
+    let mut args = vec!["relay", "--listen", "198.18.100.1:7464", "--state-dir", state.to_str().unwrap()];
+    args.extend(relay_args);
+    let mut relay = homes.blenderdist(&homes.internet, &args, &logs.join("relay.log")).spawn().unwrap();
+    let relay_out = relay.stdout.take().unwrap();
+    let relay = Proc(relay);
+    let relay_addr = read_after(relay_out, "--relay ");
+    assert!(relay_addr.starts_with("/ip4/198.18.100.1/tcp/7464/p2p/"), "{relay_addr}");
+
+    let blend = dirs.jobdir.join("scene.blend");
+    if blender.is_none() {
+        make_scene(&blend, frames, "64x48", 2);
+    } else {
+        std::fs::write(&blend, b"BLENDER-v304 not a real scene").unwrap();
+    }
+    write_job(&dirs.jobdir, "far", "scene.blend", 1, frames);
+    let host_log = logs.join("host.log");
+    let (jobdir, renderdir) = (dirs.jobdir.to_str().unwrap(), dirs.renderdir.to_str().unwrap());
+    let args = ["host", jobdir, renderdir, "--listen", "10.1.0.2:7463", "--no-mdns", "--relay", &relay_addr];
+    let mut host = homes.blenderdist(&homes.home_a, &args, &host_log).spawn().unwrap();
+    let host_out = host.stdout.take().unwrap();
+    let host = Proc(host);
+    // The ready line, then the join line.
+    let (ready, join) = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(host_out).lines();
+        let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+        let join = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || for _ in lines {});
+        (ready, join.trim().trim_start_matches("blenderdist join ").to_string())
+    };
+
+    let volunteer_log = logs.join("volunteer.log");
+    let cache = dirs.cache("v");
+    let mut args = vec!["join", &join, "--no-mdns", "--threads", "1", "--cache-dir", cache.to_str().unwrap()];
+    if let Some(blender) = blender {
+        args.extend(["--blender", blender.to_str().unwrap()]);
+    }
+    let volunteer = Proc(homes.blenderdist(&homes.home_b, &args, &volunteer_log).spawn().unwrap());
+    Farm { _relay: relay, _host: host, _volunteer: volunteer, dirs, host_log, volunteer_log, ready, join }
+}
+
+impl Farm {
+    fn logs(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("--- host\n{}\n--- volunteer\n{}", read(&self.host_log), read(&self.volunteer_log))
+    }
+
+    fn wait_for_frames(&self, frames: u32) {
+        let names = frame_names(1, frames, "png");
+        let dir = self.dirs.renderdir.join("far");
+        let start = std::time::Instant::now();
+        while files_in(&dir) != names {
+            assert!(start.elapsed() < LIMIT, "no frames after {LIMIT:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn a_volunteer_reaches_a_host_behind_nat_through_a_relay_and_hole_punching_then_renders() {
+    if skip_without_blender() {
+        return;
+    }
+    let Some(homes) = Homes::new(false) else { return };
+    let farm = start_farm(&homes, &[], None, 2);
+    assert!(farm.ready.contains("reachable through relay /ip4/198.18.100.1/tcp/7464/p2p/"), "{}", farm.ready);
+    assert!(farm.ready.ends_with("only. On each volunteer machine run:"), "{}", farm.ready);
+    assert!(farm.join.starts_with("/ip4/198.18.100.1/tcp/7464/p2p/"), "{}", farm.join);
+    assert!(farm.join.contains("/p2p-circuit/p2p/"), "{}", farm.join);
+
+    farm.wait_for_frames(2);
+    let upgraded = "connection upgraded to a direct one by hole punching";
+    assert!(log_has(&farm.volunteer_log, upgraded), "the volunteer did not hole punch\n{}", farm.logs());
+    // The owner sees the volunteer's direct connection replace the relayed one.
+    assert!(log_has(&farm.host_log, "connected directly; closing the relayed connection"), "{}", farm.logs());
+    let baseline = farm.dirs.root.path().join("baseline");
+    render_baseline(&farm.dirs.jobdir.join("scene.blend"), &baseline);
+    assert_same_pixels(&baseline, &farm.dirs.renderdir.join("far"), &frame_names(1, 2, "png"));
+}
+
+#[test]
+fn behind_a_symmetric_nat_a_volunteer_says_the_relay_carries_no_data_instead_of_hanging() {
+    let Some(homes) = Homes::new(true) else { return };
+    let dirs = Dirs::new();
+    let blender = fake_blender(dirs.root.path());
+    let farm = start_farm(&homes, &[], Some(&blender), 1);
+    let start = std::time::Instant::now();
+    while !log_has(&farm.volunteer_log, "which carries no data") {
+        assert!(start.elapsed() < LIMIT, "the volunteer never said why it cannot work\n{}", farm.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(log_has(&farm.volunteer_log, "hole punching failed"), "{}", farm.logs());
+    assert!(!log_has(&farm.volunteer_log, "upgraded to a direct one"), "{}", farm.logs());
+    // It took no frame it could not fetch.
+    assert!(!log_has(&farm.host_log, "joined (Blender"), "{}", farm.logs());
+}
+
+#[test]
+fn behind_a_symmetric_nat_frames_pass_through_a_relay_whose_operator_allowed_data() {
+    if skip_without_blender() {
+        return;
+    }
+    let Some(homes) = Homes::new(true) else { return };
+    let farm = start_farm(&homes, &["--data-limit", "64"], None, 2);
+    farm.wait_for_frames(2);
+    assert!(log_has(&farm.volunteer_log, "which carries data (up to 64 MiB per circuit)"), "{}", farm.logs());
+    assert!(!log_has(&farm.volunteer_log, "upgraded to a direct one"), "{}", farm.logs());
+}
