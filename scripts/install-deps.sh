@@ -12,6 +12,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The install kit's test renders a man page and runs `status --watch` in a pseudo-terminal (`script`).
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+# The relay test (tests/relay.rs) builds two NAT routers in network namespaces with iptables (MASQUERADE, DROP).
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
