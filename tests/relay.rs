@@ -147,9 +147,31 @@ fn log_has(log: &Path, words: &str) -> bool {
     std::fs::read_to_string(log).is_ok_and(|text| text.contains(words))
 }
 
+/// Starts `blenderdist relay` on the internet (its key in `state`, so a restart keeps its id) and returns it with
+/// the address it prints for owners.
+fn spawn_relay(homes: &Homes, state: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
+    let mut args = vec!["relay", "--listen", "198.18.100.1:7464", "--state-dir", state.to_str().unwrap()];
+    args.extend(extra);
+    let mut relay = homes.blenderdist(&homes.internet, &args, log).spawn().unwrap();
+    let relay_out = relay.stdout.take().unwrap();
+    let relay = Proc(relay);
+    let relay_addr = read_after(relay_out, "--relay ");
+    assert!(relay_addr.starts_with("/ip4/198.18.100.1/tcp/7464/p2p/"), "{relay_addr}");
+    (relay, relay_addr)
+}
+
+/// A volunteer in home B joining `join`, its log in `log`.
+fn spawn_volunteer(homes: &Homes, join: &str, cache: &Path, blender: Option<&Path>, log: &Path) -> Proc {
+    let mut args = vec!["join", join, "--no-mdns", "--threads", "1", "--cache-dir", cache.to_str().unwrap()];
+    if let Some(blender) = blender {
+        args.extend(["--blender", blender.to_str().unwrap()]);
+    }
+    Proc(homes.blenderdist(&homes.home_b, &args, log).spawn().unwrap())
+}
+
 /// A farm across the two homes: the relay on the internet, the host in home A, the volunteer in home B.
 struct Farm {
-    _relay: Proc,
+    relay: Proc,
     _host: Proc,
     _volunteer: Proc,
     dirs: Dirs,
@@ -164,14 +186,7 @@ struct Farm {
 fn start_farm(homes: &Homes, relay_args: &[&str], blender: Option<&Path>, frames: u32) -> Farm {
     let dirs = Dirs::new();
     let logs = dirs.root.path();
-    let state = logs.join("relay-state");
-    let mut args = vec!["relay", "--listen", "198.18.100.1:7464", "--state-dir", state.to_str().unwrap()];
-    args.extend(relay_args);
-    let mut relay = homes.blenderdist(&homes.internet, &args, &logs.join("relay.log")).spawn().unwrap();
-    let relay_out = relay.stdout.take().unwrap();
-    let relay = Proc(relay);
-    let relay_addr = read_after(relay_out, "--relay ");
-    assert!(relay_addr.starts_with("/ip4/198.18.100.1/tcp/7464/p2p/"), "{relay_addr}");
+    let (relay, relay_addr) = spawn_relay(homes, &logs.join("relay-state"), relay_args, &logs.join("relay.log"));
 
     let blend = dirs.jobdir.join("scene.blend");
     if blender.is_none() {
@@ -197,13 +212,8 @@ fn start_farm(homes: &Homes, relay_args: &[&str], blender: Option<&Path>, frames
     };
 
     let volunteer_log = logs.join("volunteer.log");
-    let cache = dirs.cache("v");
-    let mut args = vec!["join", &join, "--no-mdns", "--threads", "1", "--cache-dir", cache.to_str().unwrap()];
-    if let Some(blender) = blender {
-        args.extend(["--blender", blender.to_str().unwrap()]);
-    }
-    let volunteer = Proc(homes.blenderdist(&homes.home_b, &args, &volunteer_log).spawn().unwrap());
-    Farm { _relay: relay, _host: host, _volunteer: volunteer, dirs, host_log, volunteer_log, ready, join }
+    let volunteer = spawn_volunteer(homes, &join, &dirs.cache("v"), blender, &volunteer_log);
+    Farm { relay, _host: host, _volunteer: volunteer, dirs, host_log, volunteer_log, ready, join }
 }
 
 impl Farm {
@@ -272,4 +282,76 @@ fn behind_a_symmetric_nat_frames_pass_through_a_relay_whose_operator_allowed_dat
     farm.wait_for_frames(2);
     assert!(log_has(&farm.volunteer_log, "which carries data (up to 64 MiB per circuit)"), "{}", farm.logs());
     assert!(!log_has(&farm.volunteer_log, "upgraded to a direct one"), "{}", farm.logs());
+}
+
+#[test]
+fn after_the_relay_restarts_the_host_reserves_again_and_new_volunteers_get_through() {
+    if skip_without_blender() {
+        return;
+    }
+    let Some(homes) = Homes::new(false) else { return };
+    let mut farm = start_farm(&homes, &[], None, 1);
+    farm.wait_for_frames(1);
+    let logs = farm.dirs.root.path().to_path_buf();
+    // The same key and address: the host's join line stays valid.
+    drop(std::mem::replace(&mut farm.relay, Proc(Command::new("true").spawn().unwrap())));
+    let lost = "lost the reservation on relay";
+    wait_until_blocking("the host to notice the relay is gone", LIMIT, || log_has(&farm.host_log, lost));
+    let (relay, _) = spawn_relay(&homes, &logs.join("relay-state"), &[], &logs.join("relay2.log"));
+    farm.relay = relay;
+    let reserved = |text: &str| text.matches("reserved a slot on relay").count();
+    wait_until_blocking("a new reservation", LIMIT, || {
+        reserved(&std::fs::read_to_string(&farm.host_log).unwrap_or_default()) >= 2
+    });
+    let log = logs.join("volunteer2.log");
+    let _second = spawn_volunteer(&homes, &farm.join, &farm.dirs.cache("v2"), None, &log);
+    let start = std::time::Instant::now();
+    while !log_has(&log, "joined host") {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(start.elapsed() < LIMIT, "the second volunteer did not get through\n{}\n{text}", farm.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(log_has(&log, "connection upgraded to a direct one by hole punching"), "{}", farm.logs());
+}
+
+/// Waits for a line of `log` containing `marker` and returns what follows it on that line.
+fn wait_for_log_line(log: &Path, marker: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+            return line.split_once(marker).map(|(_, rest)| rest.trim().to_string()).unwrap_or_default();
+        }
+        assert!(start.elapsed() < LIMIT, "no {marker:?} in {}:\n{text}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// On loopback, no root needed: a volunteer started with `--relay` relays for an owner, whose join line then goes
+/// through it, and another volunteer gets to the owner that way.
+#[test]
+fn a_volunteer_started_with_relay_relays_for_an_owner() {
+    let dirs = Dirs::new();
+    let blender = fake_blender(dirs.root.path());
+    let relay_log = dirs.root.path().join("relaying-volunteer.log");
+    let cache = dirs.cache("relaying");
+    let mut relaying = Command::new(BIN);
+    // It volunteers for a host that is not there; what matters is the relay it runs beside.
+    relaying.args(["join", "127.0.0.1:1", "--no-mdns", "--relay", "--relay-listen", "127.0.0.1:0", "--blender"]);
+    relaying.arg(&blender).arg("--cache-dir").arg(&cache);
+    relaying.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&relay_log).unwrap());
+    let _relaying = Proc(relaying.spawn().unwrap());
+    let relay_addr = wait_for_log_line(&relay_log, "owners behind a home router can use --relay ");
+    assert!(relay_addr.starts_with("/ip4/127.0.0.1/tcp/"), "{relay_addr}");
+
+    let (_host, join) = spawn_host(&dirs.jobdir, &dirs.renderdir, &["--relay", &relay_addr]);
+    assert_eq!(join, format!("{relay_addr}/p2p-circuit/p2p/{}", join.rsplit('/').next().unwrap()));
+
+    let log = dirs.root.path().join("volunteer.log");
+    let mut volunteer = Command::new(BIN);
+    volunteer.args(["join", &join, "--no-mdns", "--blender"]).arg(&blender).arg("--cache-dir").arg(dirs.cache("v"));
+    volunteer.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    let _volunteer = Proc(volunteer.spawn().unwrap());
+    wait_for_log_line(&log, "reached this owner through a relay");
+    wait_for_log_line(&log, "joined host");
 }
