@@ -250,6 +250,8 @@ fn a_volunteer_reaches_a_host_behind_nat_through_a_relay_and_hole_punching_then_
     assert!(log_has(&farm.volunteer_log, upgraded), "the volunteer did not hole punch\n{}", farm.logs());
     // The owner sees the volunteer's direct connection replace the relayed one.
     assert!(log_has(&farm.host_log, "connected directly; closing the relayed connection"), "{}", farm.logs());
+    // The relay (an AutoNAT server) cannot dial the public address router A showed it: nothing confirms it.
+    assert!(!log_has(&farm.host_log, "confirmed by AutoNAT"), "{}", farm.logs());
     let baseline = farm.dirs.root.path().join("baseline");
     render_baseline(&farm.dirs.jobdir.join("scene.blend"), &baseline);
     assert_same_pixels(&baseline, &farm.dirs.renderdir.join("far"), &frame_names(1, 2, "png"));
@@ -344,7 +346,14 @@ fn a_volunteer_started_with_relay_relays_for_an_owner() {
     let relay_addr = wait_for_log_line(&relay_log, "owners behind a home router can use --relay ");
     assert!(relay_addr.starts_with("/ip4/127.0.0.1/tcp/"), "{relay_addr}");
 
-    let (_host, join) = spawn_host(&dirs.jobdir, &dirs.renderdir, &["--relay", &relay_addr]);
+    let host_log = dirs.root.path().join("host.log");
+    let mut host = Command::new(BIN);
+    host.arg("host").arg(&dirs.jobdir).arg(&dirs.renderdir).args(["--listen", "127.0.0.1:0", "--no-mdns"]);
+    host.args(["--relay", &relay_addr]).stdout(Stdio::piped()).stderr(std::fs::File::create(&host_log).unwrap());
+    let mut host = host.spawn().unwrap();
+    let host_out = host.stdout.take().unwrap();
+    let _host = Proc(host);
+    let join = read_join_line(host_out);
     assert_eq!(join, format!("{relay_addr}/p2p-circuit/p2p/{}", join.rsplit('/').next().unwrap()));
 
     let log = dirs.root.path().join("volunteer.log");
@@ -354,4 +363,7 @@ fn a_volunteer_started_with_relay_relays_for_an_owner() {
     let _volunteer = Proc(volunteer.spawn().unwrap());
     wait_for_log_line(&log, "reached this owner through a relay");
     wait_for_log_line(&log, "joined host");
+    // The relay also dialled back the address it saw the owner use (AutoNAT v2): on loopback, it gets through.
+    let confirmed = wait_for_log_line(&host_log, "reachable directly at /ip4/127.0.0.1/tcp/");
+    assert!(confirmed.contains("confirmed by AutoNAT"), "{confirmed}");
 }

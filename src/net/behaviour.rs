@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use libp2p::{
-    allow_block_list, connection_limits, dcutr, gossipsub, identify, identity::Keypair, mdns, ping, relay,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, mdns, ping, relay,
     request_response, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour,
 };
 
@@ -37,6 +37,11 @@ pub struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     /// Relay v2 server, on `relay` and `join --relay` nodes only.
     pub relay_server: Toggle<relay::Behaviour>,
+    /// AutoNAT v2 client, on owners: asks relays to dial back the public address they saw, to learn whether
+    /// volunteers can reach the owner directly.
+    pub autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    /// AutoNAT v2 server, beside the relay server.
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 impl Behaviour {
@@ -49,6 +54,8 @@ impl Behaviour {
         relay_server: Option<relay::Config>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let me = key.public().to_peer_id();
+        let autonat_server = relay_server.is_some().then(autonat::v2::server::Behaviour::default);
+        let autonat_client = is_host.then(autonat::v2::client::Behaviour::default);
         let relay_server = relay_server.map(|config| {
             let mut server = relay::Behaviour::new(me, config);
             // Its operator says it is reachable: offer the relay protocol without waiting for proof.
@@ -101,6 +108,8 @@ impl Behaviour {
             relay_client,
             dcutr: dcutr::Behaviour::new(me),
             relay_server: Toggle::from(relay_server),
+            autonat_client: Toggle::from(autonat_client),
+            autonat_server: Toggle::from(autonat_server),
         })
     }
 }

@@ -356,6 +356,7 @@ impl EventLoop {
             BehaviourEvent::Work(event) => self.on_work_event(event).await,
             BehaviourEvent::RelayClient(event) => self.relays.on_client_event(event),
             BehaviourEvent::RelayServer(event) => self.relays.on_server_event(event),
+            BehaviourEvent::AutonatClient(event) => self.relays.on_autonat(event),
             BehaviourEvent::Dcutr(event) => {
                 if let Some(host) = self.relays.on_dcutr(event) {
                     self.emit(NetEvent::HostFound(host)).await;

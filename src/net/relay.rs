@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use libp2p::{
+    autonat,
     core::transport::ListenerId,
     core::ConnectedPoint,
     dcutr,
@@ -145,6 +146,8 @@ pub(super) struct Relays {
     /// Owners found over relayed connections only (volunteers): their [`super::NetEvent::HostFound`] waits.
     held: HashMap<PeerId, Held>,
     serving: bool,
+    /// What AutoNAT last said of each public address of this node (true: reachable), to log changes only.
+    reachability: HashMap<Multiaddr, bool>,
 }
 
 impl Relays {
@@ -163,6 +166,7 @@ impl Relays {
             direct: HashMap::new(),
             held: HashMap::new(),
             serving: config.serve.is_some(),
+            reachability: HashMap::new(),
         }
     }
 
@@ -379,6 +383,29 @@ impl Relays {
             relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
                 debug!(peer = %src_peer_id, ?limit, "a peer reached this node through a relay");
             }
+        }
+    }
+
+    /// A relay (an AutoNAT server) dialled back, or failed to dial back, an address other nodes saw this owner use.
+    /// (A dial-back that gets no answer, as behind a home router, ends in a timeout that libp2p does not report: only
+    /// reachable addresses, and refusals, are heard of.)
+    pub(super) fn on_autonat(&mut self, event: autonat::v2::client::Event) {
+        if is_relayed(&event.tested_addr) {
+            // A relayed address is reachable by definition while the reservation holds; nothing to learn.
+            return;
+        }
+        let reachable = event.result.is_ok();
+        if self.reachability.insert(event.tested_addr.clone(), reachable) == Some(reachable) {
+            return;
+        }
+        let (addr, server) = (event.tested_addr, event.server);
+        if reachable {
+            info!("reachable directly at {addr}: confirmed by AutoNAT (peer {server} dialled it)");
+        } else {
+            info!(
+                "cannot be reached directly at {addr} (AutoNAT: peer {server} could not dial it); volunteers \
+                 outside this network come through a relay"
+            );
         }
     }
 
