@@ -361,4 +361,15 @@ mod tests {
         let e = parse_addr("box:x").unwrap_err().to_string();
         assert!(e.contains("\"box:x\""), "{e}");
     }
+
+    #[test]
+    fn a_relay_address_must_name_the_relay() {
+        let id = libp2p::PeerId::random();
+        let good = format!("/ip4/203.0.113.7/tcp/7464/p2p/{id}");
+        assert_eq!(relay_addr(&good).unwrap().to_string(), good);
+        for bad in ["203.0.113.7:7464".to_string(), format!("{good}/p2p-circuit/p2p/{id}")] {
+            let e = relay_addr(&bad).unwrap_err().to_string();
+            assert!(e.contains("must end in /p2p/ID"), "{e}");
+        }
+    }
 }
