@@ -102,7 +102,13 @@ impl EventLoop {
         })
     }
 
-    pub(super) fn with_relays(self, relays: Relays) -> Self {
+    pub(super) fn with_relays(mut self, relays: Relays) -> Self {
+        if relays.only_relays() {
+            // A relay takes no work: it need not hear offers or manifests (nor pass them on).
+            let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+            let _ = gossip.unsubscribe(&self.topic);
+            let _ = gossip.unsubscribe(&self.update_topic);
+        }
         Self { relays, ..self }
     }
 

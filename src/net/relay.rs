@@ -225,6 +225,11 @@ impl Relays {
         true
     }
 
+    /// Whether this node is a relay (`relay`, or the relay `join --relay` runs beside the volunteer).
+    pub(super) fn only_relays(&self) -> bool {
+        self.serving
+    }
+
     pub(super) fn owns_listener(&self, id: ListenerId) -> bool {
         self.reservations.iter().any(|r| r.listener == Some(id))
     }
