@@ -19,6 +19,8 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v miniupnpd >/dev/null 2>&1 || missing+=(miniupnpd miniupnpd-nftables)
 command -v upnpc >/dev/null 2>&1 || missing+=(miniupnpc)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# The relay test (tests/relay.rs) builds two NAT routers in network namespaces with iptables (MASQUERADE, DROP).
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

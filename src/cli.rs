@@ -28,6 +28,9 @@ pub enum Command {
     Join(JoinArgs),
     /// Show a running host's jobs (progress, ETA) and volunteers.
     Status(StatusArgs),
+    /// Relay for owners behind home routers (run it on a machine with a public address): volunteers reach such an
+    /// owner through it, then connect directly by hole punching.
+    Relay(RelayArgs),
     /// Write shell completions or man pages (see scripts/install.sh).
     Generate(GenerateArgs),
 }
@@ -159,6 +162,29 @@ pub struct HostArgs {
     /// With --swarm-key or --swarm-key-file: a private farm with that key (several hosts sharing one farm)
     #[command(flatten)]
     pub key: SwarmKeyArgs,
+    /// A relay to reach this host through, when it sits behind a home router: the relay's full address
+    /// (/ip4/…/tcp/7464/p2p/ID, as `blenderdist relay` prints it); repeatable. The join line then gives the relayed
+    /// address.
+    #[arg(long = "relay", value_name = "ADDR")]
+    pub relay: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on, HOST:PORT or a multiaddr; repeatable. Default: 0.0.0.0:7464.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Let each circuit carry this many MiB (and last an hour), so files and frames can pass when hole punching
+    /// fails. Default: coordination only (libp2p's limits: 128 KiB and 120 s per circuit).
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub data_limit: Option<u64>,
+    /// Where the relay's key lives (relay.key: its peer id, which owners put in --relay). Default: the XDG cache
+    /// dir (~/.cache/blenderdist).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Relay for a private farm only: its key, as at the end of the host's join line
+    #[command(flatten)]
+    pub key: SwarmKeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +229,16 @@ pub struct JoinArgs {
     /// To join a private farm: its key, from the host's join line
     #[command(flatten)]
     pub key: SwarmKeyArgs,
+    /// Also serve as a relay for owners behind home routers (only useful on a machine with a public address); its
+    /// address is logged at start.
+    #[arg(long)]
+    pub relay: bool,
+    /// Where the relay listens, with --relay (HOST:PORT or a multiaddr). Default: 0.0.0.0:7464.
+    #[arg(long, value_name = "ADDR", requires = "relay")]
+    pub relay_listen: Option<String>,
+    /// Let each circuit of the relay carry this many MiB, with --relay (see `relay --data-limit`).
+    #[arg(long, value_name = "MB", requires = "relay", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub relay_data_limit: Option<u64>,
 }
 
 /// This machine's host name, the default volunteer name.
@@ -277,23 +313,74 @@ impl HostArgs {
                 lease: std::time::Duration::from_secs(self.upnp_lease),
             }),
             privacy,
+            relays: self.relay.iter().map(|a| relay_addr(a)).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// A relay's address as owners give it: a multiaddr ending in the relay's `/p2p/ID`.
+fn relay_addr(text: &str) -> Result<Multiaddr, AddrError> {
+    let addr = parse_addr(text)?;
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) if !crate::net::relay::is_relayed(&addr) => Ok(addr),
+        _ => Err(AddrError {
+            text: text.to_string(),
+            reason: "a relay's address must end in /p2p/ID, as `blenderdist relay` prints it".into(),
+        }),
+    }
+}
+
+fn relay_listen(listen: &[String]) -> Result<Vec<Multiaddr>, AddrError> {
+    if listen.is_empty() {
+        let port = crate::net::relay::DEFAULT_RELAY_PORT;
+        return Ok(vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(port))]);
+    }
+    listen.iter().map(|a| parse_addr(a)).collect()
+}
+
+/// `--cache-dir`, made absolute, or the XDG cache folder.
+fn cache_dir(dir: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    match dir {
+        // Blender is given paths inside the cache; they must not depend on its working folder.
+        Some(dir) => std::path::absolute(dir).with_context(|| format!("bad cache folder {}", dir.display())),
+        None => Ok(dirs::cache_dir()
+            .context("no cache folder is known for this user; pass --cache-dir")?
+            .join("blenderdist")),
+    }
+}
+
+impl RelayArgs {
+    pub fn into_options(self) -> anyhow::Result<crate::relay::RelayOptions> {
+        Ok(crate::relay::RelayOptions {
+            listen: relay_listen(&self.listen)?,
+            limits: crate::net::RelayLimits { data_bytes: self.data_limit.map(|mb| mb << 20) },
+            key_file: cache_dir(self.state_dir.as_ref())?.join("relay.key"),
+            swarm_key: self.key.key()?,
         })
     }
 }
 
 impl JoinArgs {
+    /// The relay this volunteer also runs (`--relay`), if any.
+    pub fn relay_options(&self) -> anyhow::Result<Option<crate::relay::RelayOptions>> {
+        if !self.relay {
+            return Ok(None);
+        }
+        Ok(Some(crate::relay::RelayOptions {
+            listen: relay_listen(self.relay_listen.as_slice())?,
+            limits: crate::net::RelayLimits { data_bytes: self.relay_data_limit.map(|mb| mb << 20) },
+            key_file: cache_dir(self.cache_dir.as_ref())?.join("relay.key"),
+            // Beside a member of a private farm, the relay serves that farm's members only.
+            swarm_key: self.key.key()?,
+        }))
+    }
+
     /// The volunteer's options: addresses parsed, the cache folder made absolute, defaults filled in.
     pub fn into_options(self) -> anyhow::Result<crate::worker::JoinOptions> {
-        use anyhow::Context as _;
         let bootstrap = self.bootstrap.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
         let swarm_key = self.key.key()?;
-        let cache_dir = match self.cache_dir {
-            // Blender is given paths inside the cache; they must not depend on its working folder.
-            Some(dir) => std::path::absolute(&dir).with_context(|| format!("bad cache folder {}", dir.display()))?,
-            None => dirs::cache_dir()
-                .context("no cache folder is known for this user; pass --cache-dir")?
-                .join("blenderdist"),
-        };
+        let cache_dir = cache_dir(self.cache_dir.as_ref())?;
         let render = crate::worker::blender::BlenderOptions {
             threads: self.threads,
             process_per_frame: self.process_per_frame,
@@ -343,5 +430,16 @@ mod tests {
         }
         let e = parse_addr("box:x").unwrap_err().to_string();
         assert!(e.contains("\"box:x\""), "{e}");
+    }
+
+    #[test]
+    fn a_relay_address_must_name_the_relay() {
+        let id = libp2p::PeerId::random();
+        let good = format!("/ip4/203.0.113.7/tcp/7464/p2p/{id}");
+        assert_eq!(relay_addr(&good).unwrap().to_string(), good);
+        for bad in ["203.0.113.7:7464".to_string(), format!("{good}/p2p-circuit/p2p/{id}")] {
+            let e = relay_addr(&bad).unwrap_err().to_string();
+            assert!(e.contains("must end in /p2p/ID"), "{e}");
+        }
     }
 }

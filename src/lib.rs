@@ -7,6 +7,7 @@
 //! - [`protocol`]: every wire type, the protocol names and the size limits.
 //! - [`net`]: the one event loop that owns the libp2p swarm, and the `Client` handle the rest of the code uses.
 //! - [`scheduler`]: pure state of jobs, frames and leases; inputs in, decisions out, no I/O.
+//! - [`relay`]: `blenderdist relay`: a node that only relays, for owners behind home routers.
 //! - [`status`]: `blenderdist status`: asks a host what its farm does and prints it.
 //! - [`store`]: durable host state (redb), the content-addressed blob store, node keys.
 //! - [`host`]: the owner: watches the job folder, runs the scheduler, answers volunteers, writes frames.
@@ -21,6 +22,7 @@ pub mod generate;
 pub mod host;
 pub mod net;
 pub mod protocol;
+pub mod relay;
 pub mod scheduler;
 pub mod status;
 pub mod store;

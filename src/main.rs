@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     let Some(command) = cli.command else {
-        eprintln!("blenderdist: give a command: host, join, status or generate (see --help)");
+        eprintln!("blenderdist: give a command: host, join, relay, status or generate (see --help)");
         return std::process::ExitCode::from(2);
     };
     if let Command::Generate(args) = command {
@@ -48,7 +48,18 @@ fn main() -> std::process::ExitCode {
         let shutdown = shutdown_signal();
         match command {
             Command::Host(args) => blenderdist::host::run(args.into_config()?, shutdown).await,
-            Command::Join(args) => blenderdist::worker::join(args.into_options()?, shutdown).await,
+            Command::Join(args) => {
+                // A volunteer with a public address may relay for owners behind home routers as well.
+                let relay = match args.relay_options()? {
+                    Some(options) => Some(blenderdist::relay::start(options).await?),
+                    None => None,
+                };
+                if let Some(addr) = relay.as_ref().and_then(|r| r.best_addr()) {
+                    tracing::info!("also relaying: owners behind a home router can use --relay {addr}");
+                }
+                blenderdist::worker::join(args.into_options()?, shutdown).await
+            }
+            Command::Relay(args) => blenderdist::relay::run(args.into_options()?, shutdown).await,
             Command::Status(args) if args.watch => {
                 let every = std::time::Duration::from_secs_f64(args.interval);
                 blenderdist::status::watch(args.address()?, args.key.key()?, every, args.json, shutdown).await

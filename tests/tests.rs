@@ -15,6 +15,7 @@ mod lan;
 mod peer_text;
 mod private;
 mod projects;
+mod relay;
 mod status;
 mod update;
 mod upnp;

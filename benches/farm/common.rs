@@ -272,6 +272,7 @@ impl Farm {
             finish: Default::default(),
             upnp: None,
             privacy: Default::default(),
+            relays: vec![],
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         let addr = host.addrs[0].clone();

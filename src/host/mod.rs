@@ -78,6 +78,9 @@ pub struct HostConfig {
     pub upnp: Option<net::upnp::UpnpConfig>,
     /// Open, or private with a swarm key (`--private`, `--swarm-key`).
     pub privacy: net::Privacy,
+    /// Relays to hold a reservation on (`--relay`), each ending in `/p2p/ID`: volunteers outside the owner's network
+    /// reach the host through them, then directly by hole punching.
+    pub relays: Vec<Multiaddr>,
 }
 
 /// A running host, for tests and the binary alike.
@@ -107,12 +110,13 @@ pub async fn run(config: HostConfig, shutdown: impl Future<Output = ()> + Send +
             _ = stop_rx => {}
         }
     };
+    let config_relays = config.relays.clone();
     let host = match start(config, stop).await {
         Ok(host) => host,
         Err(e) if e.is::<owner::StoppedAsStandby>() => return Ok(()),
         Err(e) => return Err(e),
     };
-    print_ready(&host);
+    print_ready(&host, &config_relays);
     if let Some(dashboard) = host.dashboard {
         println!("Dashboard: http://{dashboard}/");
     }
@@ -150,21 +154,27 @@ pub async fn start(
     let builds = crate::update::host::builds(&own, config.release_dir.as_deref()).await?;
     let manifest = crate::update::manifest::sign(&keypair, &crate::update::host::manifest(&own, &builds))?;
     let state = std::sync::Arc::new(StateStore::open(&config.state_dir.join("state.redb"))?);
-    let (client, mut events) = net::spawn(NetConfig {
-        keypair: keypair.clone(),
-        swarm_key: swarm_key.clone(),
-        is_host: true,
-        listen: config.listen.clone(),
-        bootstrap: vec![],
-        mdns: config.mdns,
-        max_peers: crate::protocol::DEFAULT_MAX_PEERS,
-    })?;
+    let relays = net::RelayConfig { reserve_on: config.relays.clone(), serve: None };
+    let (client, mut events) = net::spawn_with(
+        NetConfig {
+            keypair: keypair.clone(),
+            swarm_key: swarm_key.clone(),
+            is_host: true,
+            listen: config.listen.clone(),
+            bootstrap: vec![],
+            mdns: config.mdns,
+            max_peers: crate::protocol::DEFAULT_MAX_PEERS,
+        },
+        relays,
+    )?;
     let peer_id = client.peer_id();
     // Wait until every listener is up, so the printed join line and the tests' addresses are real. An unspecified
     // address (0.0.0.0) yields one address per interface, all at once: collect them for a moment.
-    let mut addrs = Vec::new();
+    let mut addrs: Vec<Multiaddr> = Vec::new();
     let mut early = Vec::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    // A relay's reservation takes a connection to the relay and two round trips more.
+    let wait = if config.relays.is_empty() { 5 } else { 15 };
+    let deadline = tokio::time::sleep(Duration::from_secs(wait));
     tokio::pin!(deadline);
     let unspecified = config.listen.iter().any(|a| {
         a.iter().any(|p| {
@@ -173,7 +183,8 @@ pub async fn start(
         })
     });
     loop {
-        let settle = if addrs.len() >= config.listen.len() {
+        let relayed = addrs.iter().filter(|a| net::relay::is_relayed(a)).count();
+        let settle = if addrs.len() - relayed >= config.listen.len() && relayed >= config.relays.len().min(1) {
             if !unspecified {
                 break;
             }
@@ -183,6 +194,8 @@ pub async fn start(
         };
         tokio::select! {
             Some(event) = events.recv() => match event {
+                // A relayed address already ends in this host's id.
+                NetEvent::Listening(addr) if net::peer_of(&addr) == Some(peer_id) => addrs.push(addr),
                 NetEvent::Listening(addr) => addrs.push(addr.with(Protocol::P2p(peer_id))),
                 NetEvent::ListenFailed(reason) => anyhow::bail!("{reason}"),
                 other => early.push(other),
@@ -280,43 +293,78 @@ fn check_dir(dir: &std::path::Path, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ready line and the join lines: with `--upnp`, the address through the router's port mapping first (or why
-/// there is none), then the one on this host's own network.
-fn print_ready(host: &RunningHost) {
-    let local = best_addr(&host.addrs);
+/// The ready line and the join lines: how volunteers reach the host (directly, or through a relay only); with
+/// `--upnp`, the address through the router's port mapping first (or why there is none), then the one on this host's
+/// own network. A private farm's join lines carry its key.
+fn print_ready(host: &RunningHost, relays: &[Multiaddr]) {
     let id = host.peer_id;
-    // A private farm's volunteers need its key with the address.
     let key = host.swarm_key.as_ref().map_or(String::new(), |k| format!(" --swarm-key {}", k.to_hex()));
-    match &host.upnp {
-        Some(Ok(mapped)) => {
+    let local = join_address(&host.addrs, relays);
+    match (&host.upnp, local) {
+        (Some(Ok(mapped)), local) => {
             let external = mapped.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect::<Multiaddr>();
             println!("blenderdist host {id} is ready; port mapped by UPnP: {external}. On each volunteer machine run:");
             println!("    blenderdist join {mapped}{key}");
-            if let Some(addr) = local {
+            if let Some((addr, _)) = local {
                 println!("or, on this host's own network:");
                 println!("    blenderdist join {addr}{key}");
             }
         }
-        Some(Err(reason)) => {
-            println!("blenderdist host {id} is ready; no port mapped by UPnP: {reason}.");
-            if let Some(addr) = local {
-                println!("On each volunteer machine that can reach this one run:");
-                println!("    blenderdist join {addr}{key}");
-            }
+        (Some(Err(reason)), Some((addr, reach))) => {
+            println!("blenderdist host {id} is ready, {reach}; no port mapped by UPnP: {reason}.");
+            println!("On each volunteer machine that can reach this one run:");
+            println!("    blenderdist join {addr}{key}");
         }
-        None => {
-            if let Some(addr) = local {
-                println!("blenderdist host {id} is ready. On each volunteer machine run:");
-                println!("    blenderdist join {addr}{key}");
-            }
+        (Some(Err(reason)), None) => println!("blenderdist host {id} is ready; no port mapped by UPnP: {reason}."),
+        (None, Some((addr, reach))) => {
+            println!("blenderdist host {id} is ready, {reach}. On each volunteer machine run:");
+            println!("    blenderdist join {addr}{key}");
+        }
+        (None, None) => {}
+    }
+}
+
+/// The address to print in the join line, and how volunteers reach the host, in words for the ready line: a
+/// non-loopback IPv4 address when there is one; a relayed address when the host holds a reservation and listens on
+/// no public address (through the first relay in `relays`, the owner's `--relay`, that gave it a slot).
+fn join_address<'a>(addrs: &'a [Multiaddr], relays: &[Multiaddr]) -> Option<(&'a Multiaddr, String)> {
+    let is_loopback = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
+    let (relayed, direct): (Vec<&Multiaddr>, Vec<&Multiaddr>) = addrs.iter().partition(|a| net::relay::is_relayed(a));
+    let public = direct.iter().find(|a| a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if is_public(&ip))));
+    // A relay hands out every address it has; the one the owner named is the one known to work.
+    let named =
+        relays.iter().find_map(|r| relayed.iter().find(|a| net::relay::relay_of(a).is_some_and(|(p, _)| p == *r)));
+    match (public, named.or(relayed.first())) {
+        (None, Some(relayed)) => {
+            let relay = net::relay::relay_of(relayed).map_or_else(|| relayed.to_string(), |(r, _)| r.to_string());
+            Some((relayed, format!("reachable through relay {relay} only")))
+        }
+        _ => {
+            let best = public.copied().or_else(|| direct.iter().copied().find(|a| !is_loopback(a)));
+            let reach = if public.is_none() && !relays.is_empty() {
+                "reachable directly on its own network only: no relay has given it a slot yet (see the log)"
+            } else {
+                "reachable directly"
+            };
+            best.or(direct.first().copied()).map(|a| (a, reach.to_string()))
         }
     }
 }
 
-/// The address to print in the join line: a non-loopback IPv4 one when there is one.
-fn best_addr(addrs: &[Multiaddr]) -> Option<&Multiaddr> {
-    let is_loopback = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
-    addrs.iter().find(|a| !is_loopback(a)).or(addrs.first())
+/// Whether an IPv4 address is reachable from the internet (not private, shared, loopback, link-local, or set
+/// aside for documentation and benchmarks).
+fn is_public(ip: &std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    let shared = a == 100 && (64..128).contains(&b);
+    let benchmark = a == 198 && (b == 18 || b == 19);
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_documentation()
+        || ip.is_broadcast()
+        || shared
+        || benchmark)
 }
 
 /// Whether a scan of JOBDIR is running, and whether another is wanted after it.

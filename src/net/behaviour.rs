@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, identity::Keypair, mdns, ping, request_response,
-    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, mdns, ping, relay,
+    request_response, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour,
 };
 
 use crate::protocol::{
@@ -31,6 +31,17 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub work: request_response::cbor::Behaviour<WorkRequest, WorkResponse>,
     pub stream: libp2p_stream::Behaviour,
+    /// Relay v2 client: reservations on relays (owners behind NAT), dials through them (see `relay.rs`).
+    pub relay_client: relay::client::Behaviour,
+    /// Turns relayed connections into direct ones by hole punching.
+    pub dcutr: dcutr::Behaviour,
+    /// Relay v2 server, on `relay` and `join --relay` nodes only.
+    pub relay_server: Toggle<relay::Behaviour>,
+    /// AutoNAT v2 client, on owners: asks relays to dial back the public address they saw, to learn whether
+    /// volunteers can reach the owner directly.
+    pub autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    /// AutoNAT v2 server, beside the relay server.
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 impl Behaviour {
@@ -39,7 +50,18 @@ impl Behaviour {
         is_host: bool,
         use_mdns: bool,
         max_peers: u32,
+        relay_client: relay::client::Behaviour,
+        relay_server: Option<relay::Config>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let me = key.public().to_peer_id();
+        let autonat_server = relay_server.is_some().then(autonat::v2::server::Behaviour::default);
+        let autonat_client = is_host.then(autonat::v2::client::Behaviour::default);
+        let relay_server = relay_server.map(|config| {
+            let mut server = relay::Behaviour::new(me, config);
+            // Its operator says it is reachable: offer the relay protocol without waiting for proof.
+            server.set_status(Some(relay::Status::Enable));
+            server
+        });
         let agent = if is_host { HOST_AGENT } else { VOLUNTEER_AGENT };
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
@@ -83,6 +105,11 @@ impl Behaviour {
             gossipsub,
             work,
             stream: libp2p_stream::Behaviour::new(),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(me),
+            relay_server: Toggle::from(relay_server),
+            autonat_client: Toggle::from(autonat_client),
+            autonat_server: Toggle::from(autonat_server),
         })
     }
 }

@@ -2,12 +2,14 @@
 
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 
-/// The `/p2p/ID` part of an address, if any.
+/// The peer an address leads to: its last `/p2p/ID` part (a relayed address names the relay first), if any.
 pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(peer) => Some(peer),
-        _ => None,
-    })
+    addr.iter()
+        .filter_map(|p| match p {
+            Protocol::P2p(peer) => Some(peer),
+            _ => None,
+        })
+        .last()
 }
 
 /// Why a dial failed, in words a person can act on: refused, timed out, the wrong peer, or the transport's own text

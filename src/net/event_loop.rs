@@ -26,6 +26,7 @@ use super::{
     gossip::{self, Gossip, Judgement, Role, Topic},
     lock,
     private::Admission,
+    relay::{RelayConfig, Relays},
     Command, NetError, NetEvent, REDIAL_MAX, REDIAL_MIN,
 };
 use crate::protocol::{encode_offer, one_line, to_cbor, WorkResponse, IDENTIFY_PROTOCOL, OFFER_TOPIC, UPDATE_TOPIC};
@@ -59,6 +60,8 @@ pub(super) struct EventLoop {
     budgets: Arc<Mutex<Budgets>>,
     /// The private farm's key, and what the loop remembers of peers refused over it.
     pub(super) admission: Admission,
+    /// Reservations on relays, relayed connections and hole punching (see `relay.rs`).
+    relays: Relays,
 }
 
 impl EventLoop {
@@ -99,7 +102,18 @@ impl EventLoop {
             roles: HashMap::new(),
             budgets,
             admission: Admission::default(),
+            relays: Relays::new(&RelayConfig::default()),
         })
+    }
+
+    pub(super) fn with_relays(mut self, relays: Relays) -> Self {
+        if relays.only_relays() {
+            // A relay takes no work: it need not hear offers or manifests (nor pass them on).
+            let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+            let _ = gossip.unsubscribe(&self.topic);
+            let _ = gossip.unsubscribe(&self.update_topic);
+        }
+        Self { relays, ..self }
     }
 
     pub(super) async fn run(mut self) {
@@ -121,6 +135,9 @@ impl EventLoop {
                 _ = redial.tick() => {
                     self.redial();
                     self.apply_bans();
+                    for host in self.relays.tick(&mut self.swarm) {
+                        self.emit(NetEvent::HostFound(host)).await;
+                    }
                 }
             }
         }
@@ -135,6 +152,9 @@ impl EventLoop {
             Some(_) => b.next_dial + Duration::from_secs(10) <= now,
         };
         for b in self.bootstrap.iter_mut().filter(|b| !b.connected && due(b)) {
+            if !self.relays.ready_to_dial(&mut self.swarm, &b.addr) {
+                continue;
+            }
             debug!(addr = %b.addr, "dialling bootstrap peer");
             let opts = match b.peer {
                 Some(peer) => DialOpts::peer_id(peer).addresses(vec![b.addr.clone()]).build(),
@@ -228,7 +248,13 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!("listening on {address}");
+                self.relays.on_new_listen_addr(&mut self.swarm, &address);
                 self.emit(NetEvent::Listening(address)).await;
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. }
+                if self.relays.on_listener_closed(listener_id, reason.as_ref().err().map(|e| e.to_string())) => {}
+            SwarmEvent::ListenerError { listener_id, error } if self.relays.owns_listener(listener_id) => {
+                warn!("relay reservation: {error}");
             }
             SwarmEvent::ListenerClosed { addresses, reason: Err(e), .. } => {
                 let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
@@ -237,8 +263,9 @@ impl EventLoop {
             SwarmEvent::ListenerError { error, .. } => {
                 self.emit(NetEvent::ListenFailed(format!("listener error: {error}"))).await;
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 debug!(%peer_id, "connected");
+                self.relays.on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
                 for b in &mut self.bootstrap {
                     if b.peer == Some(peer_id) || b.dialing == Some(connection_id) {
                         b.peer = Some(peer_id);
@@ -249,8 +276,12 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } if num_established > 0 => {
+                self.relays.on_closed(peer_id, connection_id, num_established);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established: 0, cause, .. } => {
                 debug!(%peer_id, ?cause, "disconnected");
+                self.relays.on_closed(peer_id, connection_id, 0);
                 self.discovered.remove(&peer_id);
                 self.roles.remove(&peer_id);
                 lock(&self.budgets).forget(&peer_id);
@@ -305,7 +336,8 @@ impl EventLoop {
 
     async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
+                self.relays.on_identified(peer_id, connection_id);
                 let role = if info.agent_version.starts_with(HOST_AGENT) { Role::Host } else { Role::NotHost };
                 self.roles.insert(peer_id, role);
                 if info.protocol_version != IDENTIFY_PROTOCOL {
@@ -321,7 +353,7 @@ impl EventLoop {
                         let _ = self.swarm.disconnect_peer_id(peer_id);
                     }
                     self.emit(NetEvent::Incompatible { peer: peer_id, theirs, host }).await;
-                } else if info.agent_version.starts_with(HOST_AGENT) {
+                } else if info.agent_version.starts_with(HOST_AGENT) && !self.relays.hold_host(peer_id) {
                     self.emit(NetEvent::HostFound(peer_id)).await;
                 }
             }
@@ -355,6 +387,14 @@ impl EventLoop {
                 self.on_gossip(propagation_source, message_id, message).await;
             }
             BehaviourEvent::Work(event) => self.on_work_event(event).await,
+            BehaviourEvent::RelayClient(event) => self.relays.on_client_event(event),
+            BehaviourEvent::RelayServer(event) => self.relays.on_server_event(event),
+            BehaviourEvent::AutonatClient(event) => self.relays.on_autonat(event),
+            BehaviourEvent::Dcutr(event) => {
+                if let Some(host) = self.relays.on_dcutr(event) {
+                    self.emit(NetEvent::HostFound(host)).await;
+                }
+            }
             _ => {}
         }
     }

@@ -13,6 +13,7 @@ mod dial;
 mod event_loop;
 mod gossip;
 pub mod private;
+pub mod relay;
 pub mod upnp;
 
 use std::{
@@ -20,13 +21,16 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{identity::Keypair, request_response::ResponseChannel, Multiaddr, PeerId, Stream, StreamProtocol};
+use libp2p::{
+    identity::Keypair, noise, request_response::ResponseChannel, yamux, Multiaddr, PeerId, Stream, StreamProtocol,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use behaviour::{HOST_AGENT, VOLUNTEER_AGENT};
 pub use dial::peer_of;
 use event_loop::EventLoop;
 pub use private::{Privacy, SwarmKey, SwarmKeyError};
+pub use relay::{RelayConfig, RelayLimits};
 
 use crate::protocol::{JobOffer, SignedManifest, WorkRequest, WorkResponse};
 
@@ -252,14 +256,28 @@ impl PeerBudgets {
 /// Builds the swarm, starts listening and dialling, and spawns its event loop on the current tokio runtime. The loop
 /// ends when every [`Client`] is dropped.
 pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
+    spawn_with(config, RelayConfig::default())
+}
+
+/// [`spawn`] for a node that uses relays or serves as one (see [`relay`]).
+pub fn spawn_with(mut config: NetConfig, relays: RelayConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    if config.listen.is_empty() && config.bootstrap.iter().any(relay::is_relayed) {
+        // Hole punching dials from the port the relay saw this node use: only a listening port is reused.
+        config.listen.push("/ip4/0.0.0.0/tcp/0".parse().map_err(|e| setup(&e))?);
+    }
+    let server = relays.serve.map(|limits| limits.server_config());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_other_transport(|key| private::transport(key, config.swarm_key.as_ref()))
         .map_err(|e| setup(&e))?
         .with_dns()
         .map_err(|e| setup(&e))?
-        .with_behaviour(|key| behaviour::Behaviour::new(key, config.is_host, config.mdns, config.max_peers))
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
+            behaviour::Behaviour::new(key, config.is_host, config.mdns, config.max_peers, relay_client, server)
+        })
         .map_err(|e| setup(&e))?
         // Volunteers render for minutes between messages; connections must outlive that. Ping detects dead peers.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
@@ -279,7 +297,8 @@ pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), Ne
     let peer_id = *swarm.local_peer_id();
     let budgets = Arc::new(Mutex::new(budget::Budgets::default()));
     let mut event_loop = EventLoop::new(swarm, command_rx, events, config.bootstrap, config.is_host, budgets.clone())
-        .map_err(NetError::Setup)?;
+        .map_err(NetError::Setup)?
+        .with_relays(relay::Relays::new(&relays));
     event_loop.admission = private::Admission::new(config.swarm_key);
     tokio::spawn(event_loop.run());
     let pacer = Arc::default();

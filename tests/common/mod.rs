@@ -104,6 +104,7 @@ impl Dirs {
             finish: Default::default(),
             upnp: None,
             privacy: Default::default(),
+            relays: vec![],
         }
     }
 }
