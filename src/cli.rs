@@ -151,6 +151,19 @@ pub struct JoinArgs {
     /// The name hosts show for this volunteer in their logs and status. Default: this machine's host name.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Address other volunteers reach this one on, to fetch the chunks of a job's files it holds; repeatable.
+    /// Default: 0.0.0.0:0 (every interface, a port the system picks).
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Most upload, in Mbit/s, for chunks served to other volunteers (0: no limit).
+    #[arg(long, value_name = "MBIT", default_value_t = 20.0)]
+    pub max_upload: f64,
+    /// Most GiB of job files kept in the cache; the least recently used go first (0: no limit).
+    #[arg(long, value_name = "GIB", default_value_t = 20.0)]
+    pub cache_size: f64,
+    /// Share nothing with other volunteers: listen nowhere, serve no chunks (still fetch from them).
+    #[arg(long)]
+    pub no_share: bool,
 }
 
 /// This machine's host name, the default volunteer name.
@@ -250,8 +263,35 @@ impl JoinArgs {
             renderers: self.renderers,
             auto_updates: !self.no_auto_updates,
             name: self.name.or_else(machine_name),
+            share: crate::worker::seed::ShareOptions {
+                listen: if self.listen.is_empty() {
+                    vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(0))]
+                } else {
+                    self.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
+                },
+                max_upload: megabits_to_bytes(self.max_upload)?,
+                cache_size: gib_to_bytes(self.cache_size)?,
+                no_share: self.no_share,
+                ..Default::default()
+            },
         })
     }
+}
+
+/// `--max-upload` in bytes a second.
+fn megabits_to_bytes(mbit: f64) -> anyhow::Result<u64> {
+    if !(mbit.is_finite() && mbit >= 0.0) {
+        anyhow::bail!("--max-upload must be a number of Mbit/s, 0 or more (0: no limit)");
+    }
+    Ok((mbit * 1e6 / 8.0) as u64)
+}
+
+/// `--cache-size` in bytes.
+fn gib_to_bytes(gib: f64) -> anyhow::Result<u64> {
+    if !(gib.is_finite() && gib >= 0.0) {
+        anyhow::bail!("--cache-size must be a number of GiB, 0 or more (0: no limit)");
+    }
+    Ok((gib * (1u64 << 30) as f64) as u64)
 }
 
 #[cfg(test)]

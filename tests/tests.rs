@@ -15,5 +15,6 @@ mod lan;
 mod peer_text;
 mod projects;
 mod status;
+mod swarm;
 mod update;
 mod verify;

@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod check;
+pub mod chunks;
 mod confirm;
 mod dashboard;
 pub mod finish;
@@ -85,6 +86,8 @@ pub struct RunningHost {
     pub own: OwnBinary,
     /// Where the dashboard listens, when it was asked for.
     pub dashboard: Option<std::net::SocketAddr>,
+    /// Serves chunks of the jobs' large files (`host::chunks`); counts what it sent.
+    pub chunks: chunks::ChunkServer,
 }
 
 /// Runs a host until `shutdown`, relaunching it on a new build of its program file (the `host` command).
@@ -188,6 +191,8 @@ pub async fn start(
     let (access_tx, access) = mpsc::channel(64);
     let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx, access_tx)?;
     blob_server.spawn(&client)?;
+    let chunk_server = chunks::ChunkServer::new(blob_server.clone(), keypair.clone());
+    chunk_server.spawn(&client)?;
     blob_server.serve_updates(manifest.clone(), builds.into_iter().map(|(b, path)| (b.hash, path)).collect());
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
     let preparer = project::Preparer::new(config.blender.clone(), &config.state_dir.join("projects"))
@@ -245,7 +250,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await
     });
-    Ok(RunningHost { peer_id, addrs, task, own, dashboard })
+    Ok(RunningHost { peer_id, addrs, task, own, dashboard, chunks: chunk_server })
 }
 
 /// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.

@@ -184,6 +184,18 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::ApplyBans => self.apply_bans(),
+            Command::Dial { peer, addrs, reply } => {
+                if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(%peer, "dial not started: {e}");
+                    }
+                }
+                let _ = reply.send(());
+            }
         }
     }
 

@@ -122,6 +122,12 @@ pub(crate) enum Command {
     },
     /// A budget decided a ban outside the loop (a stream or a strike): carry it out now rather than at the next tick.
     ApplyBans,
+    /// Dial `peer` at `addrs` unless connected or dialling (another volunteer, to fetch chunks from it).
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A cheap, cloneable handle on the event loop.
@@ -199,6 +205,14 @@ impl Client {
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Starts dialling `peer` at `addrs` unless already connected (or dialling), and returns once the dial is under
+    /// way, so a stream opened next waits for that connection.
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Dial { peer, addrs, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 
