@@ -35,17 +35,22 @@ use crate::{
 /// How long to wait for a reply header.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the owner is asked again for the job's volunteers while a blob is fetched.
-const SWARM_REFRESH: Duration = Duration::from_secs(5);
+const SWARM_REFRESH: Duration = Duration::from_secs(2);
 /// How often a peer is asked again which chunks it holds, when it held none this volunteer lacks.
 const HAVE_REFRESH: Duration = Duration::from_millis(300);
 /// How long a fetch waits for the known peers' first answers before it asks the owner anyway.
 const FIRST_ANSWERS: Duration = Duration::from_secs(1);
 /// Requests in flight to the owner at once, per blob.
 const OWNER_PARALLEL: usize = 2;
-/// Failed exchanges after which a peer is dropped for the blob.
-const PEER_FAILURES: u32 = 3;
+/// Failed exchanges in a row after which a peer is dropped for the blob (a busy peer drops streams it cannot
+/// accept at once, so one failure proves little).
+const PEER_FAILURES: u32 = 6;
+/// How long a peer whose exchange failed is left alone.
+const PEER_PAUSE: Duration = Duration::from_millis(250);
 /// Failed exchanges with the owner, in a row, after which the blob's chunked fetch is given up.
-const OWNER_FAILURES: u32 = 6;
+const OWNER_FAILURES: u32 = 20;
+/// Attempts at the owner's ticket and chunk list.
+const ATTEMPTS: u32 = 6;
 
 /// What the owner said about a job version.
 #[derive(Clone)]
@@ -91,6 +96,8 @@ struct PeerState {
     busy: bool,
     failures: u32,
     dropped: bool,
+    /// Not asked again before this, after a failure.
+    paused_until: Option<Instant>,
     received: u32,
 }
 
@@ -188,7 +195,9 @@ impl<'a> SwarmFetch<'a> {
         while have.count() < count {
             // Peers: the rarest chunk each holds that is still needed, else ask it again what it holds.
             let availability = availability(&peers, count);
-            for (id, peer) in peers.iter_mut().filter(|(_, p)| !p.busy && !p.dropped) {
+            let now = Instant::now();
+            let ready = |p: &PeerState| !p.busy && !p.dropped && p.paused_until.is_none_or(|t| t <= now);
+            for (id, peer) in peers.iter_mut().filter(|(_, p)| ready(p)) {
                 let pick = peer.bits.as_ref().and_then(|bits| {
                     (0..count)
                         .filter(|&c| bits.get(c) && !have.get(c) && !inflight[c])
@@ -254,7 +263,10 @@ impl<'a> SwarmFetch<'a> {
                     let Some(peer) = peers.get_mut(&id) else { continue };
                     peer.busy = false;
                     match result {
-                        Ok(bits) => peer.bits = Some(bits),
+                        Ok(bits) => {
+                            peer.bits = Some(bits);
+                            peer.failures = 0;
+                        }
                         Err(e) => peer_failed(peer, id, &e),
                     }
                 }
@@ -283,6 +295,7 @@ impl<'a> SwarmFetch<'a> {
                             have.set(c);
                             lock(&partial.have).set(c);
                             peer.received += 1;
+                            peer.failures = 0;
                             if let Some(bits) = peer.bits.as_mut() {
                                 bits.set(c);
                             }
@@ -338,6 +351,12 @@ impl<'a> SwarmFetch<'a> {
                 return Ok(info.clone());
             }
         }
+        let info = retried(|| self.ask_swarm()).await?;
+        *cached = Some((info.clone(), Instant::now()));
+        Ok(info)
+    }
+
+    async fn ask_swarm(&self) -> anyhow::Result<SwarmInfo> {
         let addrs = self.listen.iter().map(|a| a.to_vec()).collect();
         let request = ChunkRequest::Swarm { manifest: self.manifest, addrs };
         let mut stream = self.open(self.owner, &[]).await?;
@@ -348,12 +367,15 @@ impl<'a> SwarmFetch<'a> {
             }
             other => anyhow::bail!("the owner gave no ticket: {}", shown(&other)),
         };
-        *cached = Some((info.clone(), Instant::now()));
         Ok(info)
     }
 
     /// The blob's chunk list, from the owner.
     async fn chunk_list(&self, hash: BlobHash, size: u64) -> anyhow::Result<Vec<BlobHash>> {
+        retried(|| self.ask_list(hash, size)).await
+    }
+
+    async fn ask_list(&self, hash: BlobHash, size: u64) -> anyhow::Result<Vec<BlobHash>> {
         let mut stream = self.open(self.owner, &[]).await?;
         write_header_max(&mut stream, &ChunkRequest::List { blob: hash }, MAX_CHUNK_HEADER).await?;
         let count = match reply(&mut stream).await? {
@@ -424,6 +446,27 @@ impl<'a> SwarmFetch<'a> {
     }
 }
 
+/// Runs an exchange with the owner up to [`ATTEMPTS`] times: a node accepting many streams at once drops some
+/// (libp2p-stream keeps no backlog), which is worth another try.
+async fn retried<T, F, Fut>(mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tries < ATTEMPTS => {
+                debug!("chunk exchange with the owner failed ({e:#}); trying again");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn size_of(size: u64, index: usize) -> u64 {
     chunk_len(size, index as u64)
 }
@@ -449,7 +492,7 @@ fn availability(peers: &HashMap<PeerId, PeerState>, count: usize) -> Vec<u32> {
 
 fn peer_failed(peer: &mut PeerState, id: PeerId, e: &anyhow::Error) {
     peer.failures += 1;
-    peer.bits = None;
+    peer.paused_until = Some(Instant::now() + PEER_PAUSE);
     debug!(%id, "chunk exchange failed: {e:#}");
     if peer.failures >= PEER_FAILURES {
         debug!(%id, "dropped as a source after {PEER_FAILURES} failures");
