@@ -263,17 +263,16 @@ impl JoinArgs {
             renderers: self.renderers,
             auto_updates: !self.no_auto_updates,
             name: self.name.or_else(machine_name),
-            share: crate::worker::seed::ShareOptions {
-                listen: if self.listen.is_empty() {
+            share: crate::worker::seed::ShareOptions::new(
+                if self.listen.is_empty() {
                     vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(0))]
                 } else {
                     self.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
                 },
-                max_upload: megabits_to_bytes(self.max_upload)?,
-                cache_size: gib_to_bytes(self.cache_size)?,
-                no_share: self.no_share,
-                ..Default::default()
-            },
+                megabits_to_bytes(self.max_upload)?,
+                gib_to_bytes(self.cache_size)?,
+                self.no_share,
+            ),
         })
     }
 }

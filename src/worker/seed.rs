@@ -55,6 +55,20 @@ pub struct ShareOptions {
     pub corrupt: bool,
 }
 
+impl ShareOptions {
+    /// What `join` asks for (the test switch off).
+    pub fn new(listen: Vec<libp2p::Multiaddr>, max_upload: u64, cache_size: u64, no_share: bool) -> Self {
+        Self {
+            listen,
+            max_upload,
+            cache_size,
+            no_share,
+            #[cfg(feature = "testing")]
+            corrupt: false,
+        }
+    }
+}
+
 /// A blob being fetched in chunks: its temp file and the chunks verified so far.
 pub struct Partial {
     pub path: PathBuf,
