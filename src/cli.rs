@@ -298,6 +298,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sharing_limits() {
+        assert_eq!(megabits_to_bytes(20.0).unwrap(), 2_500_000);
+        assert_eq!(megabits_to_bytes(0.0).unwrap(), 0);
+        assert!(megabits_to_bytes(-1.0).is_err() && megabits_to_bytes(f64::NAN).is_err());
+        assert_eq!(gib_to_bytes(0.5).unwrap(), 512 << 20);
+        assert!(gib_to_bytes(f64::INFINITY).is_err());
+        let args = Cli::try_parse_from(["blenderdist", "join", "h", "--listen", "10.0.0.2:7000", "--cache-size", "2"]);
+        let Some(Command::Join(join)) = args.unwrap().command else { panic!("not a join") };
+        let options = join.into_options().unwrap();
+        assert_eq!(options.share.listen, vec!["/ip4/10.0.0.2/tcp/7000".parse::<Multiaddr>().unwrap()]);
+        assert_eq!((options.share.max_upload, options.share.cache_size), (2_500_000, 2 << 30));
+    }
+
+    #[test]
     fn addresses() {
         let cases: &[(&str, Result<&str, ()>)] = &[
             ("127.0.0.1:9000", Ok("/ip4/127.0.0.1/tcp/9000")),

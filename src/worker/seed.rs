@@ -373,6 +373,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chunks_go_only_to_ticket_holders_of_a_job_listing_the_blob() {
+        use crate::protocol::{FileKind, ProjectFile};
+        let dir = tempfile::tempdir().unwrap();
+        let seeds = Seeds::new(Arc::new(BlobStore::open(dir.path()).unwrap()), &ShareOptions::default());
+        let (owner, stranger) =
+            (libp2p::identity::Keypair::generate_ed25519(), libp2p::identity::Keypair::generate_ed25519());
+        let owner_id = owner.public().to_peer_id();
+        let file = |name: &str, size| ProjectFile {
+            path: format!("/p/{name}"),
+            hash: BlobHash::of_bytes(name.as_bytes()),
+            size,
+            kind: FileKind::Other,
+        };
+        let (blend, other) = (file("a.blend", 5_000_000), file("b.png", 7));
+        let manifest = JobManifest { blend: blend.clone(), files: vec![], missing: vec![] };
+        let version = BlobHash::of_bytes(b"version");
+        seeds.add_job(version, owner_id, &manifest);
+        let (peer, now) = (PeerId::random(), now_ms());
+
+        let ticket = Ticket::sign(&owner, version, peer, now).unwrap();
+        assert_eq!(seeds.authorize(peer, &blend.hash, &ticket), Ok(5_000_000));
+        // Not a file of that job; another peer's ticket; a ticket signed by someone else; another job version.
+        assert!(seeds.authorize(peer, &other.hash, &ticket).is_err());
+        assert!(seeds.authorize(PeerId::random(), &blend.hash, &ticket).is_err());
+        let forged = Ticket::sign(&stranger, version, peer, now).unwrap();
+        assert!(seeds.authorize(peer, &blend.hash, &forged).unwrap_err().contains("not by the job's owner"));
+        let elsewhere = Ticket::sign(&owner, BlobHash::of_bytes(b"other version"), peer, now).unwrap();
+        assert!(seeds.authorize(peer, &blend.hash, &elsewhere).is_err());
+        // What it holds: nothing yet, then the chunks verified so far.
+        assert_eq!(seeds.held(&blend.hash, 5_000_000).count(), 0);
+        let partial = Arc::new(Partial { path: dir.path().join("p"), size: 5_000_000, have: Bitfield::new(5).into() });
+        lock(&partial.have).set(3);
+        seeds.start_partial(blend.hash, partial);
+        assert_eq!(seeds.held(&blend.hash, 5_000_000).ones().collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
     fn the_upload_limit_holds_over_time() {
         let bucket = TokenBucket::new(1_000_000);
         let start = Instant::now();
