@@ -46,18 +46,48 @@ fn peer_id_of(cache: &Path) -> String {
     key.public().to_peer_id().to_string()
 }
 
+/// `size` bytes no compression or pattern could fake.
+fn noise(size: u64, seed: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(size as usize);
+    let mut state = BlobHash::of_bytes(seed).0.to_vec();
+    while (bytes.len() as u64) < size {
+        state = BlobHash::of_bytes(&state).0.to_vec();
+        bytes.extend_from_slice(&state);
+    }
+    bytes.truncate(size as usize);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volunteer_nobody_can_dial_still_fetches_chunks_from_one_that_listens() {
+    let dirs = Dirs::new();
+    let size = CHUNK_SIZE * 3 + 12_345;
+    let blend = noise(size, b"undialable");
+    let blob = BlobHash::of_bytes(&blend);
+    std::fs::write(dirs.jobdir.join("scene.blend"), &blend).unwrap();
+    write_job(&dirs.jobdir, "shot", "scene.blend", 1, 20);
+    let (host, _stop_host) = start_host(&dirs).await;
+    let (open, closed) = (dirs.cache("open"), dirs.cache("closed"));
+    let (_open, _stop_open) = start_sharing_worker(open.clone(), host.addrs[0].clone(), false);
+    wait_until("the listening volunteer's fetch", LIMIT, || !received(&open).is_empty()).await;
+    // Listens nowhere: it dials the one that listens.
+    let (_closed, _stop_closed) =
+        start_fake_worker(closed.clone(), host.addrs[0].clone(), FakeRenderer::new(Duration::from_millis(30)));
+    wait_until("the undialable volunteer's fetch", LIMIT, || !received(&closed).is_empty()).await;
+    let line = &received(&closed)[0];
+    let open_id = peer_id_of(&open);
+    let from_open = line.iter().position(|w| *w == open_id).map(|i| line[i + 1].parse::<usize>().unwrap());
+    assert!(from_open.is_some_and(|n| n > 0), "nothing came from the listening volunteer: {line:?}");
+    assert_eq!(std::fs::read(closed.join("blobs").join(blob.to_hex())).unwrap(), blend);
+    let out = dirs.renderdir.join("shot");
+    wait_until("all 20 frames", LIMIT, || files_in(&out) == frame_names(1, 20, "png")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volunteers_fetch_chunks_from_each_other_and_drop_one_that_corrupts_them() {
     let dirs = Dirs::new();
-    // Six and a half chunks of bytes no compression or pattern could fake.
     let size = CHUNK_SIZE * 6 + CHUNK_SIZE / 2;
-    let mut blend = Vec::with_capacity(size as usize);
-    let mut seed = BlobHash::of_bytes(b"swarm").0.to_vec();
-    while (blend.len() as u64) < size {
-        seed = BlobHash::of_bytes(&seed).0.to_vec();
-        blend.extend_from_slice(&seed);
-    }
-    blend.truncate(size as usize);
+    let blend = noise(size, b"swarm");
     let blob = BlobHash::of_bytes(&blend);
     std::fs::write(dirs.jobdir.join("big.blend"), &blend).unwrap();
     write_job(&dirs.jobdir, "big", "big.blend", 1, 30);
@@ -76,8 +106,8 @@ async fn volunteers_fetch_chunks_from_each_other_and_drop_one_that_corrupts_them
     let (_good, _stop_good) = start_sharing_worker(good.clone(), addr.clone(), false);
     wait_until("the second volunteer's fetch", LIMIT, || !received(&good).is_empty()).await;
     let bad_id = peer_id_of(&bad);
-    let warned = warnings().iter().any(|w| w.contains(&bad_id) && w.contains("corrupt chunk"));
-    assert!(warned, "no warning names the corrupting volunteer {bad_id}: {:?}", warnings());
+    let warned = || warnings().iter().any(|w| w.contains(&bad_id) && w.contains("corrupt chunk"));
+    assert!(warned(), "no warning names the corrupting volunteer {bad_id}: {:?}", warnings());
     assert!(!received(&good)[0].contains(&bad_id), "{:?}", received(&good));
 
     // The third gets chunks from the second (and perhaps a corrupt one from the first, which it drops).
