@@ -148,6 +148,8 @@ impl ChunkServer {
     fn swarm(&self, peer: PeerId, manifest: BlobHash, addrs: Vec<Vec<u8>>) -> ChunkReply {
         let now = Instant::now();
         let mut swarms = lock(&self.inner.swarms);
+        // Job versions nobody asked about for a while are forgotten.
+        swarms.retain(|_, members| members.values().any(|(_, seen)| now.duration_since(*seen) < PEER_MEMORY));
         let members = swarms.entry(manifest).or_default();
         members.retain(|_, (_, seen)| now.duration_since(*seen) < PEER_MEMORY);
         members.insert(peer, (addrs.into_iter().take(MAX_PEER_ADDRS).collect(), now));

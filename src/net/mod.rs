@@ -95,6 +95,9 @@ pub enum NetError {
     Setup(String),
     #[error("cannot open a stream to {peer}: {reason}")]
     Open { peer: PeerId, reason: String },
+    /// The peer does not speak the protocol (an older build): asking again will not help.
+    #[error("{peer} does not support {protocol}")]
+    Unsupported { peer: PeerId, protocol: StreamProtocol },
 }
 
 pub(crate) enum Command {
@@ -162,6 +165,9 @@ impl Client {
         let mut control = self.control.clone();
         match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol)).await {
             Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(protocol))) => {
+                Err(NetError::Unsupported { peer, protocol })
+            }
             Ok(Err(e)) => Err(NetError::Open { peer, reason: e.to_string() }),
             Err(_) => Err(NetError::Open { peer, reason: format!("no answer in {} s", OPEN_TIMEOUT.as_secs()) }),
         }

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::seed::{Partial, Seeds};
 use crate::{
-    net::Client,
+    net::{Client, NetError},
     protocol::{
         chunk_count, chunk_len, read_header_max, write_header_max, Bitfield, BlobHash, ChunkReply, ChunkRequest,
         Ticket, CHUNK_PROTOCOL, CHUNK_SIZE, MAX_CHUNK_HEADER,
@@ -71,6 +71,8 @@ pub struct SwarmFetch<'a> {
     /// One line per blob fetched in chunks: who sent how many (`CACHE/chunks-received.log`).
     pub log: PathBuf,
     info: tokio::sync::Mutex<Option<(SwarmInfo, Instant)>>,
+    /// Set once the owner turned out not to speak the chunk protocol: every file is then fetched whole at once.
+    owner_lacks_chunks: std::sync::atomic::AtomicBool,
 }
 
 /// A chunk's index and bytes, as received (not yet verified).
@@ -111,13 +113,22 @@ impl<'a> SwarmFetch<'a> {
         listen: Vec<Multiaddr>,
         log: PathBuf,
     ) -> Self {
-        Self { client, seeds, store, owner, manifest, listen, log, info: tokio::sync::Mutex::new(None) }
+        let (info, owner_lacks_chunks) = (tokio::sync::Mutex::new(None), Default::default());
+        Self { client, seeds, store, owner, manifest, listen, log, info, owner_lacks_chunks }
     }
 
     /// Fetches `hash` (`size` bytes, more than one chunk) into the store and returns its path.
     pub async fn fetch(&self, hash: BlobHash, size: u64) -> anyhow::Result<PathBuf> {
+        use std::sync::atomic::Ordering;
+        if self.owner_lacks_chunks.load(Ordering::Relaxed) {
+            anyhow::bail!("the owner does not speak {CHUNK_PROTOCOL}");
+        }
         let started = Instant::now();
-        let list = self.chunk_list(hash, size).await?;
+        let list = self.chunk_list(hash, size).await.inspect_err(|e| {
+            if matches!(e.downcast_ref::<NetError>(), Some(NetError::Unsupported { .. })) {
+                self.owner_lacks_chunks.store(true, Ordering::Relaxed);
+            }
+        })?;
         let info = self.swarm_info(false).await?;
         let path = self.store.temp_path(&hash);
         let file = tokio::fs::File::create(&path).await.with_context(|| format!("cannot create {}", path.display()))?;
@@ -458,7 +469,7 @@ where
         tries += 1;
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(e) if tries < ATTEMPTS => {
+            Err(e) if tries < ATTEMPTS && !matches!(e.downcast_ref(), Some(NetError::Unsupported { .. })) => {
                 debug!("chunk exchange with the owner failed ({e:#}); trying again");
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
             }
@@ -491,6 +502,10 @@ fn availability(peers: &HashMap<PeerId, PeerState>, count: usize) -> Vec<u32> {
 }
 
 fn peer_failed(peer: &mut PeerState, id: PeerId, e: &anyhow::Error) {
+    if matches!(e.downcast_ref(), Some(NetError::Unsupported { .. })) {
+        // An older build: it never will.
+        peer.dropped = true;
+    }
     peer.failures += 1;
     peer.paused_until = Some(Instant::now() + PEER_PAUSE);
     debug!(%id, "chunk exchange failed: {e:#}");
