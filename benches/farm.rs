@@ -2,12 +2,12 @@
 //! it once with the release binary, runs it and turns its result rows into the table in docs/BENCHMARKS.md.
 //!
 //! ```text
-//! farm [overhead|scaling|dispatch|blob|memory|project|stalls|pnet]... [--quick] [--bin PATH] [--tmp DIR]
+//! farm [overhead|scaling|dispatch|blob|memory|project|stalls|pnet|distribution]... [--quick] [--bin PATH] [--tmp DIR]
 //!      [--volunteers N] [--frames N] [--frame-ms N] [--peers N] [--verify F]
 //! ```
 //!
-//! No name runs all eight. The size options replace a benchmark's default sizes where it takes them (scaling:
-//! volunteers, frames, frame-ms; memory: peers, frames; stalls: volunteers, frame-ms). Results go to stdout as
+//! No name runs all nine. The size options replace a benchmark's default sizes where it takes them (scaling:
+//! volunteers, frames, frame-ms; memory: peers, frames; stalls: volunteers, frame-ms; distribution: volunteers). Results go to stdout as
 //! tab-separated lines, `ROW` (benchmark, measured, baseline, ratio, goal, met?), `NOTE` (a sentence for the report)
 //! and `CPU` (seconds of CPU used by processes the benchmark started but nobody waited for, which the script adds to
 //! the benchmark's own); progress goes to stderr. Every figure with a baseline measures that baseline in the same
@@ -24,6 +24,8 @@ mod blob;
 mod common;
 #[path = "farm/dispatch.rs"]
 mod dispatch;
+#[path = "farm/distribution.rs"]
+mod distribution;
 #[path = "farm/memory.rs"]
 mod memory;
 #[path = "farm/overhead.rs"]
@@ -43,9 +45,21 @@ use std::process::ExitCode;
 
 use common::Opts;
 
-const ALL: [&str; 8] = ["overhead", "scaling", "dispatch", "blob", "memory", "project", "stalls", "pnet"];
+const ALL: [&str; 9] =
+    ["overhead", "scaling", "dispatch", "blob", "memory", "project", "stalls", "pnet", "distribution"];
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("swarm-volunteer") {
+        common::init_tracing();
+        return match distribution::volunteer(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("farm swarm-volunteer: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match Opts::parse(std::env::args().skip(1)) {
         Ok(opts) => opts,
         Err(e) => {
@@ -72,6 +86,7 @@ fn main() -> ExitCode {
             "project" => project::run(&opts),
             "stalls" => common::block_on(stalls::run(&opts)),
             "pnet" => common::block_on(pnet::run(&opts)),
+            "distribution" => common::block_on(distribution::run(&opts)),
             other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: {}", ALL.join(", "))),
         };
         // CPU seconds of processes this benchmark stopped without anyone waiting for them (see procs::Proc).

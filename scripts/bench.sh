@@ -3,22 +3,22 @@
 # table, the exact command, the date and the machine into docs/BENCHMARKS.md (between the bench:results markers).
 #
 #   scripts/bench.sh [--quick] [--volunteers N] [--frames N] [--frame-ms N] [--peers N] [--verify F] [--limit SECONDS]
-#                    [overhead] [scaling] [dispatch] [blob] [memory] [project] [stalls] [pnet]
+#                    [overhead] [scaling] [dispatch] [blob] [memory] [project] [stalls] [pnet] [distribution]
 #
-# No name runs all eight. --quick uses smaller sizes while developing (its figures are not the ones to record).
+# No name runs all nine. --quick uses smaller sizes while developing (its figures are not the ones to record).
 # The size options go to the benchmarks that take them (scaling: volunteers, frames, frame-ms; memory: peers,
-# frames; stalls: volunteers, frame-ms); --verify F gives the scaling job `verify = F` (spot checks; off otherwise),
+# frames; stalls: volunteers, frame-ms; distribution: volunteers); --verify F gives the scaling job `verify = F` (spot checks; off otherwise),
 # to measure what checks cost; --limit replaces each benchmark's hang guard (for larger sizes).
 # Builds once (`cargo build --release`: the binary and the benchmark binary benches/farm.rs) and reuses both.
 # Each benchmark has a time limit and stops by itself; temp files go to target/bench-tmp (the scaling benchmark
 # also uses /dev/shm) and are removed.
-# Needs Blender on PATH for `overhead` and `project`. See docs/BENCHMARKS.md for what each benchmark measures.
+# Needs Blender on PATH for `overhead` and `project`, root (network namespaces, tc) for `distribution`. See docs/BENCHMARKS.md for what each benchmark measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(overhead scaling dispatch blob memory project stalls pnet)
-# Hang guards, in seconds; a normal full run of all eight takes about 7 minutes on 2 cores.
-declare -A limit=([overhead]=420 [scaling]=240 [dispatch]=90 [blob]=150 [memory]=90 [project]=600 [stalls]=150 [pnet]=150)
+all=(overhead scaling dispatch blob memory project stalls pnet distribution)
+# Hang guards, in seconds; a normal full run of all nine takes about 8 minutes on 2 cores.
+declare -A limit=([overhead]=420 [scaling]=240 [dispatch]=90 [blob]=150 [memory]=90 [project]=600 [stalls]=150 [pnet]=150 [distribution]=300)
 quick=()
 sizes=()
 limit_all=""

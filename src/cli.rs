@@ -239,6 +239,19 @@ pub struct JoinArgs {
     /// Let each circuit of the relay carry this many MiB, with --relay (see `relay --data-limit`).
     #[arg(long, value_name = "MB", requires = "relay", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub relay_data_limit: Option<u64>,
+    /// Address other volunteers reach this one on, to fetch the chunks of a job's files it holds; repeatable.
+    /// Default: 0.0.0.0:0 (every interface, a port the system picks).
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Most upload, in Mbit/s, for chunks served to other volunteers (0: no limit).
+    #[arg(long, value_name = "MBIT", default_value_t = 20.0)]
+    pub max_upload: f64,
+    /// Most GiB of job files kept in the cache; the least recently used go first (0: no limit).
+    #[arg(long, value_name = "GIB", default_value_t = 20.0)]
+    pub cache_size: f64,
+    /// Share nothing with other volunteers: listen nowhere, serve no chunks (still fetch from them).
+    #[arg(long)]
+    pub no_share: bool,
 }
 
 /// This machine's host name, the default volunteer name.
@@ -401,13 +414,53 @@ impl JoinArgs {
             auto_updates: !self.no_auto_updates,
             name: self.name.or_else(machine_name),
             swarm_key,
+            share: crate::worker::seed::ShareOptions::new(
+                if self.listen.is_empty() {
+                    vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(Protocol::Tcp(0))]
+                } else {
+                    self.listen.iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?
+                },
+                megabits_to_bytes(self.max_upload)?,
+                gib_to_bytes(self.cache_size)?,
+                self.no_share,
+            ),
         })
     }
+}
+
+/// `--max-upload` in bytes a second.
+fn megabits_to_bytes(mbit: f64) -> anyhow::Result<u64> {
+    if !(mbit.is_finite() && mbit >= 0.0) {
+        anyhow::bail!("--max-upload must be a number of Mbit/s, 0 or more (0: no limit)");
+    }
+    Ok((mbit * 1e6 / 8.0) as u64)
+}
+
+/// `--cache-size` in bytes.
+fn gib_to_bytes(gib: f64) -> anyhow::Result<u64> {
+    if !(gib.is_finite() && gib >= 0.0) {
+        anyhow::bail!("--cache-size must be a number of GiB, 0 or more (0: no limit)");
+    }
+    Ok((gib * (1u64 << 30) as f64) as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sharing_limits() {
+        assert_eq!(megabits_to_bytes(20.0).unwrap(), 2_500_000);
+        assert_eq!(megabits_to_bytes(0.0).unwrap(), 0);
+        assert!(megabits_to_bytes(-1.0).is_err() && megabits_to_bytes(f64::NAN).is_err());
+        assert_eq!(gib_to_bytes(0.5).unwrap(), 512 << 20);
+        assert!(gib_to_bytes(f64::INFINITY).is_err());
+        let args = Cli::try_parse_from(["blenderdist", "join", "h", "--listen", "10.0.0.2:7000", "--cache-size", "2"]);
+        let Some(Command::Join(join)) = args.unwrap().command else { panic!("not a join") };
+        let options = join.into_options().unwrap();
+        assert_eq!(options.share.listen, vec!["/ip4/10.0.0.2/tcp/7000".parse::<Multiaddr>().unwrap()]);
+        assert_eq!((options.share.max_upload, options.share.cache_size), (2_500_000, 2 << 30));
+    }
 
     #[test]
     fn addresses() {

@@ -66,6 +66,7 @@ mod tests {
                 "blenderdist-host.1",
                 "blenderdist-join.1",
                 "blenderdist-status.1",
+                "blenderdist-relay.1",
                 "blenderdist-generate.1"
             ]
         );

@@ -15,9 +15,11 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod chunks;
 mod manifest;
 mod names;
 mod status;
+pub use chunks::*;
 pub use manifest::*;
 pub use names::*;
 pub use status::*;

@@ -17,6 +17,7 @@ mod private;
 mod projects;
 mod relay;
 mod status;
+mod swarm;
 mod update;
 mod upnp;
 mod verify;

@@ -303,13 +303,7 @@ impl BlobServer {
         hash: BlobHash,
         mut stream: Stream,
     ) -> anyhow::Result<()> {
-        let (path, jobs) = {
-            let served = lock(&self.inner.served);
-            let jobs: Vec<String> =
-                served.iter().filter(|(_, blobs)| blobs.contains_key(&hash)).map(|(j, _)| j.clone()).collect();
-            let path = jobs.first().and_then(|job| served.get(job)).and_then(|blobs| blobs.get(&hash)).cloned();
-            (path, jobs)
-        };
+        let (path, jobs) = self.locate(&hash);
         if path.is_some() && !self.may_fetch(peer, jobs).await {
             budgets.strike(peer);
             debug!(%peer, "refused blob {}: the peer holds no lease on a job that lists it", hash.short());
@@ -323,8 +317,17 @@ impl BlobServer {
         self.send_file_as(peer, hash, path, stream).await
     }
 
+    /// Where a served blob is, and the jobs that list it (none: not served).
+    pub(super) fn locate(&self, hash: &BlobHash) -> (Option<PathBuf>, Vec<String>) {
+        let served = lock(&self.inner.served);
+        let jobs: Vec<String> =
+            served.iter().filter(|(_, blobs)| blobs.contains_key(hash)).map(|(j, _)| j.clone()).collect();
+        let path = jobs.first().and_then(|job| served.get(job)).and_then(|blobs| blobs.get(hash)).cloned();
+        (path, jobs)
+    }
+
     /// Asks the event loop whether `peer` holds a lease on a frame of one of `jobs`; no answer means no.
-    async fn may_fetch(&self, peer: PeerId, jobs: Vec<String>) -> bool {
+    pub(super) async fn may_fetch(&self, peer: PeerId, jobs: Vec<String>) -> bool {
         let (reply, answer) = oneshot::channel();
         if self.inner.access.send(AccessQuestion { peer, jobs, reply }).await.is_err() {
             return false;

@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod check;
+pub mod chunks;
 mod confirm;
 mod dashboard;
 pub mod finish;
@@ -97,6 +98,8 @@ pub struct RunningHost {
     pub upnp: Option<upnp::UpnpOutcome>,
     /// A private farm's key, which volunteers need to join.
     pub swarm_key: Option<net::SwarmKey>,
+    /// Serves chunks of the jobs' large files (`host::chunks`); counts what it sent.
+    pub chunks: chunks::ChunkServer,
 }
 
 /// Runs a host until `shutdown`, relaunching it on a new build of its program file (the `host` command).
@@ -212,6 +215,8 @@ pub async fn start(
     let (access_tx, access) = mpsc::channel(64);
     let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx, access_tx)?;
     blob_server.spawn(&client)?;
+    let chunk_server = chunks::ChunkServer::new(blob_server.clone(), keypair.clone());
+    chunk_server.spawn(&client)?;
     blob_server.serve_updates(manifest.clone(), builds.into_iter().map(|(b, path)| (b.hash, path)).collect());
     let watcher = watch::JobDirWatcher::start(&config.jobdir);
     let preparer = project::Preparer::new(config.blender.clone(), &config.state_dir.join("projects"))
@@ -275,7 +280,7 @@ pub async fn start(
         result
     });
     let upnp = upnp::map(upnp_config, &addrs, &upnp_client, peer_id, mapping_tx).await;
-    Ok(RunningHost { peer_id, addrs, task, own, dashboard, upnp, swarm_key })
+    Ok(RunningHost { peer_id, addrs, task, own, dashboard, upnp, swarm_key, chunks: chunk_server })
 }
 
 /// `--blender`, else `$BLENDER`, else `blender` when it is on PATH.

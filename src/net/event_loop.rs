@@ -210,6 +210,18 @@ impl EventLoop {
             }
             Command::ApplyBans => self.apply_bans(),
             Command::AddExternalAddress { addr } => self.swarm.add_external_address(addr),
+            Command::Dial { peer, addrs, reply } => {
+                if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(%peer, "dial not started: {e}");
+                    }
+                }
+                let _ = reply.send(());
+            }
         }
     }
 

@@ -102,6 +102,9 @@ pub enum NetError {
     Setup(String),
     #[error("cannot open a stream to {peer}: {reason}")]
     Open { peer: PeerId, reason: String },
+    /// The peer does not speak the protocol (an older build): asking again will not help.
+    #[error("{peer} does not support {protocol}")]
+    Unsupported { peer: PeerId, protocol: StreamProtocol },
 }
 
 pub(crate) enum Command {
@@ -132,6 +135,12 @@ pub(crate) enum Command {
     /// An address others can dial us on (a UPnP port mapping): identify advertises it.
     AddExternalAddress {
         addr: Multiaddr,
+    },
+    /// Dial `peer` at `addrs` unless connected or dialling (another volunteer, to fetch chunks from it).
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<()>,
     },
 }
 
@@ -167,6 +176,9 @@ impl Client {
         let mut control = self.control.clone();
         match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol)).await {
             Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(protocol))) => {
+                Err(NetError::Unsupported { peer, protocol })
+            }
             Ok(Err(e)) => Err(NetError::Open { peer, reason: e.to_string() }),
             Err(_) => Err(NetError::Open { peer, reason: format!("no answer in {} s", OPEN_TIMEOUT.as_secs()) }),
         }
@@ -216,6 +228,14 @@ impl Client {
     /// Tells peers (through identify) that this node is also reachable on `addr`, e.g. a router's port mapping.
     pub async fn add_external_address(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::AddExternalAddress { addr }).await
+    }
+
+    /// Starts dialling `peer` at `addrs` unless already connected (or dialling), and returns once the dial is under
+    /// way, so a stream opened next waits for that connection.
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Dial { peer, addrs, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
     }
 
     async fn send(&self, command: Command) -> Result<(), NetError> {

@@ -86,6 +86,18 @@ impl BlobStore {
         self.dir.join(hash.to_hex())
     }
 
+    /// The store's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh temp path for a blob assembled elsewhere (from chunks), in the store's `tmp` folder (emptied at open);
+    /// [`persist`] it to [`BlobStore::path`] once it is verified.
+    pub fn temp_path(&self, hash: &BlobHash) -> PathBuf {
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(TMP_DIR).join(format!("{}.{}.{n}.chunks", hash.to_hex(), std::process::id()))
+    }
+
     /// Whether the blob is in the store. Only complete, verified blobs are ever at their path.
     pub fn contains(&self, hash: &BlobHash) -> bool {
         self.path(hash).is_file()

@@ -109,6 +109,8 @@ pub(super) struct Slot<R> {
     /// Frames this volunteer delivered, for its progress lines.
     pub delivered: std::sync::atomic::AtomicU64,
     pub patience: Patience,
+    /// What this volunteer shares with the job's other volunteers, and how it fetches from them.
+    pub sharing: Arc<super::seed::Sharing>,
 }
 
 impl<R: Renderer> Slot<R> {
@@ -171,21 +173,47 @@ impl<R: Renderer> Slot<R> {
     /// otherwise the manifest and every file the cache lacks are fetched from `host` and verified first.
     pub async fn fetch_project(&self, host: PeerId, grant: &FrameGrant) -> anyhow::Result<Layout> {
         if let Some(layout) = self.layouts.existing(&grant.blend, &self.blobs) {
+            self.sharing.remember_job(&self.blobs, grant.blend, host).await;
             return Ok(layout);
         }
         // One layout at a time per volunteer: slots asking for the same job wait for the first to finish.
         let _fetching = self.fetching.lock().await;
         if let Some(layout) = self.layouts.existing(&grant.blend, &self.blobs) {
+            self.sharing.remember_job(&self.blobs, grant.blend, host).await;
             return Ok(layout);
         }
         let manifest_path = self.fetch_blob(host, grant.blend, grant.blend_size).await?;
         let manifest = project::read_manifest(&manifest_path)?;
+        self.sharing.seeds.add_job(grant.blend, host, &manifest);
         info!("fetching the files of {} (version {}) from {host}", grant.job, grant.blend.short());
-        project::fetch_missing(&manifest, &self.blobs, |hash, size| self.fetch_blob(host, hash, size)).await?;
+        let swarm = self.sharing.fetcher(&self.client, &self.blobs, host, grant.blend).await;
+        project::fetch_missing(&manifest, &self.blobs, |hash, size| self.fetch_file(&swarm, host, hash, size)).await?;
+        self.sharing.after_fetch(&self.blobs, grant.blend, &manifest).await;
         let (layouts, blobs, version) = (self.layouts.clone(), self.blobs.clone(), grant.blend);
         tokio::task::spawn_blocking(move || layouts.lay_out(&version, &manifest, &blobs))
             .await
             .map_err(|e| anyhow::anyhow!("laying out the job's files stopped: {e}"))?
+    }
+
+    /// A job's file: a large one in chunks from the job's volunteers and the owner, falling back to a whole fetch
+    /// from the owner (an owner without the chunk protocol, or a chunked fetch that failed).
+    async fn fetch_file(
+        &self,
+        swarm: &super::swarm::SwarmFetch<'_>,
+        host: PeerId,
+        hash: BlobHash,
+        size: u64,
+    ) -> anyhow::Result<PathBuf> {
+        if size <= crate::protocol::CHUNK_SIZE || self.blobs.contains(&hash) {
+            return self.fetch_blob(host, hash, size).await;
+        }
+        match swarm.fetch(hash, size).await {
+            Ok(path) => Ok(path),
+            Err(e) => {
+                warn!("could not fetch blob {} in chunks ({e:#}); fetching it whole from {host}", hash.short());
+                self.fetch_blob(host, hash, size).await
+            }
+        }
     }
 
     /// A blob from the cache, fetched from `host` and verified first if it is not there yet.

@@ -3,6 +3,7 @@
 //! blob pushed over a stream, then the owner's word that it is stored. It never needs the owner's job folder.
 
 pub mod blender;
+mod cache;
 mod events;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -10,8 +11,10 @@ mod frame;
 mod layouts;
 mod leases;
 mod project;
+pub mod seed;
 mod session;
 mod slots;
+mod swarm;
 
 pub use frame::Patience;
 pub use session::Limits;
@@ -66,6 +69,8 @@ pub struct JoinOptions {
     pub name: Option<String>,
     /// A private farm's key (`--swarm-key`, `--swarm-key-file`).
     pub swarm_key: Option<net::SwarmKey>,
+    /// Sharing the jobs' files with other volunteers (`--listen`, `--max-upload`, `--cache-size`, `--no-share`).
+    pub share: seed::ShareOptions,
 }
 
 /// Runs a volunteer with real Blender until `shutdown`, relaunching it on a staged build (the `join` command).
@@ -80,6 +85,7 @@ pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Sen
         auto_updates,
         name,
         swarm_key,
+        share,
     } = options;
     if bootstrap.is_empty() && !mdns {
         anyhow::bail!("with --no-mdns, give the host's address: blenderdist join HOST[:PORT]");
@@ -113,7 +119,7 @@ pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Sen
         shutdown.await;
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     };
-    let worker = start(config, renderer, shutdown)?;
+    let worker = start_sharing(config, share, renderer, shutdown)?;
     let result = worker.await.context("the volunteer task panicked")?;
     if stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return result;
@@ -126,9 +132,20 @@ pub async fn join(options: JoinOptions, shutdown: impl Future<Output = ()> + Sen
     result
 }
 
-/// Starts a volunteer and returns its task; it runs until `shutdown` resolves.
+/// Starts a volunteer and returns its task; it runs until `shutdown` resolves. It listens nowhere, so it fetches
+/// chunks from other volunteers but nobody can dial it for its own ([`start_sharing`] says otherwise).
 pub fn start<R: Renderer>(
     config: WorkerConfig,
+    renderer: R,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    start_sharing(config, seed::ShareOptions::default(), renderer, shutdown)
+}
+
+/// [`start`] with the given way of sharing the jobs' files with other volunteers.
+pub fn start_sharing<R: Renderer>(
+    config: WorkerConfig,
+    share: seed::ShareOptions,
     renderer: R,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
@@ -142,7 +159,7 @@ pub fn start<R: Renderer>(
         keypair,
         swarm_key: config.swarm_key.clone(),
         is_host: false,
-        listen: vec![],
+        listen: if share.no_share { vec![] } else { share.listen.clone() },
         bootstrap: config.bootstrap.clone(),
         mdns: config.mdns,
         max_peers: crate::protocol::DEFAULT_MAX_PEERS,
@@ -151,12 +168,18 @@ pub fn start<R: Renderer>(
     if config.mdns {
         info!("looking for hosts on the LAN (mDNS)…");
     }
+    let blobs = Arc::new(blobs);
+    let seeds = Arc::new(seed::Seeds::new(blobs.clone(), &share));
+    if !share.no_share {
+        seeds.spawn(&client)?;
+    }
+    let sharing = Arc::new(seed::Sharing { seeds, log: config.cache_dir.join("chunks-received.log"), options: share });
     let (hosts_tx, hosts) = watch::channel(HashSet::new());
     let offers = Arc::new(Notify::new());
     let slot = Arc::new(frame::Slot {
         client: client.clone(),
         layouts: Arc::new(layouts::Layouts::new(&config.cache_dir)),
-        blobs: Arc::new(blobs),
+        blobs,
         renderer: Arc::new(renderer),
         work_dir,
         fetching: tokio::sync::Mutex::new(()),
@@ -164,6 +187,7 @@ pub fn start<R: Renderer>(
         delivered: Default::default(),
         caps: std::sync::Mutex::new(config.caps.clone()),
         patience: config.patience,
+        sharing,
     });
     if config.caps.is_some() {
         // Whether Eevee works here takes a few seconds of Blender to learn: claims go out meanwhile without it.
