@@ -374,3 +374,48 @@ fn a_volunteer_started_with_relay_relays_for_an_owner() {
     let confirmed = wait_for_log_line(&host_log, "reachable directly at /ip4/127.0.0.1/tcp/");
     assert!(confirmed.contains("confirmed by AutoNAT"), "{confirmed}");
 }
+
+/// A private farm's relay admits members only: a relayed connection skips pnet, so the relay itself must hold the
+/// farm's key. The owner reserves a slot on it, a member gets through it to the owner, and a stranger given the same
+/// relayed address cannot even reach the relay and is told the farm is private. On loopback, no root needed.
+#[test]
+fn a_private_farms_relay_admits_members_only() {
+    let key = "5a".repeat(32);
+    let dirs = Dirs::new();
+    let blender = fake_blender(dirs.root.path());
+    let relay_log = dirs.root.path().join("relaying-volunteer.log");
+    let mut relaying = Command::new(BIN);
+    relaying.args(["join", "127.0.0.1:1", "--no-mdns", "--relay", "--relay-listen", "127.0.0.1:0", "--blender"]);
+    relaying.arg(&blender).arg("--cache-dir").arg(dirs.cache("relaying")).args(["--swarm-key", &key]);
+    relaying.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&relay_log).unwrap());
+    let _relaying = Proc(relaying.spawn().unwrap());
+    let relay_addr = wait_for_log_line(&relay_log, "owners behind a home router can use --relay ");
+
+    let mut host = Command::new(BIN);
+    host.arg("host").arg(&dirs.jobdir).arg(&dirs.renderdir).args(["--listen", "127.0.0.1:0", "--no-mdns"]);
+    host.args(["--relay", &relay_addr, "--swarm-key", &key]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut host = host.spawn().unwrap();
+    let host_out = host.stdout.take().unwrap();
+    let _host = Proc(host);
+    let line = read_join_line(host_out);
+    let (join, given) = line.split_once(" --swarm-key ").expect("a private host's join line carries its key");
+    assert_eq!(given, key);
+    assert!(join.starts_with(&format!("{relay_addr}/p2p-circuit/p2p/")), "{join}");
+
+    let volunteer = |name: &str, key: Option<&str>| {
+        let log = dirs.root.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["join", join, "--no-mdns", "--blender"]).arg(&blender).arg("--cache-dir").arg(dirs.cache(name));
+        if let Some(key) = key {
+            cmd.args(["--swarm-key", key]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        (Proc(cmd.spawn().unwrap()), log)
+    };
+    let (_member, member_log) = volunteer("member", Some(&key));
+    wait_for_log_line(&member_log, "joined host");
+    let (_stranger, stranger_log) = volunteer("stranger", None);
+    wait_for_log_line(&stranger_log, "this farm is private");
+    let text = std::fs::read_to_string(&stranger_log).unwrap_or_default();
+    assert!(!text.contains("joined host") && !text.contains("reached this owner"), "{text}");
+}

@@ -6,7 +6,7 @@
 //! (transport only, where the extra cipher shows most) are measured. Both ends run in this one process, so they
 //! share the machine's cores, and each end pays the cipher once per byte.
 //!
-//! Goal: the private fetch into the store keeps ≥ 0.8 × the open one's throughput.
+//! No goal: a comparison (issue 10 asks for the figure, not a bound), reported as a ratio.
 
 use std::time::Duration;
 
@@ -17,10 +17,8 @@ use blenderdist::{
 
 use crate::{
     blob::{rate, write_source, BlobPair},
-    common::{self, note, row, Opts},
+    common::{note, row, Opts},
 };
-
-const GOAL: f64 = 0.8;
 
 pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let size: u64 = if opts.quick { 256 << 20 } else { 512 << 20 };
@@ -51,8 +49,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
         &rate(size, best[1][0]),
         &rate(size, best[0][0]),
         &format!("{:.3}", ratio(0)),
-        &format!("≥ {GOAL}"),
-        common::yes_no(ratio(0) >= GOAL),
+        "none (a comparison)",
+        "-",
     );
     note(&format!(
         "Private farm, the blob stream read into memory (no hash, no disk; the transport alone) in the same run: \

@@ -321,6 +321,18 @@ impl EventLoop {
                         }
                     }
                 }
+                // A relayed join address is reached by dialling its relay first: a private farm's relay refusing the
+                // key is the farm refusing it.
+                let through = |b: &&Bootstrap| {
+                    !b.connected && peer_id.is_some() && super::relay::relay_of(&b.addr).map(|r| r.1) == peer_id
+                };
+                for b in self.bootstrap.iter().filter(through) {
+                    match self.admission.dial_refused(&b.addr, &text) {
+                        Some((words, true)) => warn!("cannot join {} through its relay: {words}", b.addr),
+                        Some((words, false)) => debug!("cannot join {} through its relay: {words}", b.addr),
+                        None => {}
+                    }
+                }
                 if let Some(peer) = peer_id {
                     let lan = self.discovered.remove(&peer);
                     if let Some(words) =
