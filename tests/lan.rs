@@ -21,7 +21,10 @@ fn ip(args: &[&str]) -> bool {
 impl Lan {
     /// Addresses come from 198.18.0.0/15, the range set aside for network tests; they exist only inside the pair.
     pub(crate) fn new() -> Option<Self> {
-        let id = std::process::id() % 50_000;
+        // Unique among the tests of this process too (the private farm's test makes one as well).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}x{n}", std::process::id() % 50_000);
         let (h, v) = (format!("bdh{id}"), format!("bdv{id}"));
         let lan = Lan { host_ns: h.clone(), volunteer_ns: v.clone() };
         let (ha, va) = (format!("vh{id}"), format!("vv{id}"));

@@ -248,8 +248,8 @@ fn a_volunteer_reaches_a_host_behind_nat_through_a_relay_and_hole_punching_then_
     farm.wait_for_frames(2);
     let upgraded = "connection upgraded to a direct one by hole punching";
     assert!(log_has(&farm.volunteer_log, upgraded), "the volunteer did not hole punch\n{}", farm.logs());
-    // The owner sees the volunteer's direct connection replace the relayed one.
-    assert!(log_has(&farm.host_log, "connected directly; closing the relayed connection"), "{}", farm.logs());
+    // The owner sees the direct connection too (either side may be the one that closes the relayed one first).
+    assert!(log_has(&farm.host_log, upgraded), "{}", farm.logs());
     // The relay (an AutoNAT server) cannot dial the public address router A showed it: nothing confirms it.
     assert!(!log_has(&farm.host_log, "confirmed by AutoNAT"), "{}", farm.logs());
     let baseline = farm.dirs.root.path().join("baseline");
