@@ -17,13 +17,13 @@ use std::{
     time::Duration,
 };
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
-    net::{Client, PeerBudgets},
+    net::{self, Client, PeerBudgets},
     protocol::{
         read_header, write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest,
         BLOB_PROTOCOL, MAX_MANIFEST, UPDATE_PROTOCOL,
@@ -206,40 +206,16 @@ impl BlobServer {
     /// Accepts blob and update streams until the network stops. Each stream is charged to its peer's budget; one
     /// over it is dropped unanswered (and the peer banned by the network).
     pub fn spawn(&self, client: &Client) -> anyhow::Result<()> {
-        // Neither keeps the network running: the tasks end with it.
-        let (mut control, budgets) = (client.streams(), client.budgets());
-        let mut blobs =
-            control.accept(BLOB_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept blob streams: {e}"))?;
-        let mut updates =
-            control.accept(UPDATE_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept update streams: {e}"))?;
-        let (server, blob_budgets) = (self.clone(), budgets.clone());
-        tokio::spawn(async move {
-            while let Some((peer, stream)) = blobs.next().await {
-                if !blob_budgets.admit_stream(peer) {
-                    continue;
-                }
-                let (server, budgets) = (server.clone(), blob_budgets.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = server.handle(&budgets, peer, stream).await {
-                        debug!(%peer, "blob stream ended: {e}");
-                    }
-                });
-            }
-        });
         let server = self.clone();
-        tokio::spawn(async move {
-            while let Some((peer, stream)) = updates.next().await {
-                if !budgets.admit_stream(peer) {
-                    continue;
-                }
-                let (server, budgets) = (server.clone(), budgets.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = server.handle_update(&budgets, peer, stream).await {
-                        debug!(%peer, "update stream ended: {e}");
-                    }
-                });
-            }
-        });
+        net::serve_streams(client, BLOB_PROTOCOL, "blob", move |budgets, peer, stream| {
+            let server = server.clone();
+            async move { server.handle(&budgets, peer, stream).await }
+        })?;
+        let server = self.clone();
+        net::serve_streams(client, UPDATE_PROTOCOL, "update", move |budgets, peer, stream| {
+            let server = server.clone();
+            async move { server.handle_update(&budgets, peer, stream).await }
+        })?;
         Ok(())
     }
 

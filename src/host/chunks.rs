@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{identity::Keypair, PeerId, Stream};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::debug;
@@ -81,23 +81,11 @@ impl ChunkServer {
 
     /// Accepts chunk streams until the network stops; each is charged to its peer's stream budget.
     pub fn spawn(&self, client: &Client) -> anyhow::Result<()> {
-        let (mut control, budgets) = (client.streams(), client.budgets());
-        let mut incoming =
-            control.accept(CHUNK_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept chunk streams: {e}"))?;
         let server = self.clone();
-        tokio::spawn(async move {
-            while let Some((peer, stream)) = incoming.next().await {
-                if !budgets.admit_stream(peer) {
-                    continue;
-                }
-                let (server, budgets) = (server.clone(), budgets.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = server.handle(&budgets, peer, stream).await {
-                        debug!(%peer, "chunk stream ended: {e}");
-                    }
-                });
-            }
-        });
+        crate::net::serve_streams(client, CHUNK_PROTOCOL, "chunk", move |budgets, peer, stream| {
+            let server = server.clone();
+            async move { server.handle(&budgets, peer, stream).await }
+        })?;
         Ok(())
     }
 

@@ -273,6 +273,40 @@ impl PeerBudgets {
     }
 }
 
+/// Accepts `protocol`'s streams until the network stops, for code that serves peers outside the event loop: each
+/// stream is charged to its peer's stream budget (one over it is dropped unanswered, and the peer banned by the
+/// network) and handed to `handle` in a task of its own. `what` names the streams in the debug log.
+pub fn serve_streams<F, Fut>(
+    client: &Client,
+    protocol: StreamProtocol,
+    what: &'static str,
+    handle: F,
+) -> Result<(), NetError>
+where
+    F: Fn(PeerBudgets, PeerId, Stream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    let (mut control, budgets) = (client.streams(), client.budgets());
+    let mut incoming =
+        control.accept(protocol).map_err(|e| NetError::Setup(format!("cannot accept {what} streams: {e}")))?;
+    // The task does not keep the network running: it ends with it.
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            if !budgets.admit_stream(peer) {
+                continue;
+            }
+            let served = handle(budgets.clone(), peer, stream);
+            tokio::spawn(async move {
+                if let Err(e) = served.await {
+                    tracing::debug!(%peer, "{what} stream ended: {e}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
 /// Builds the swarm, starts listening and dialling, and spawns its event loop on the current tokio runtime. The loop
 /// ends when every [`Client`] is dropped.
 pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {

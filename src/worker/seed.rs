@@ -14,7 +14,7 @@ use std::{
     },
 };
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use tokio::time::{Duration, Instant};
 use tracing::debug;
@@ -138,23 +138,11 @@ impl Seeds {
 
     /// Accepts chunk streams from other volunteers until the network stops.
     pub fn spawn(self: &Arc<Self>, client: &Client) -> anyhow::Result<()> {
-        let (mut control, budgets) = (client.streams(), client.budgets());
-        let mut incoming =
-            control.accept(CHUNK_PROTOCOL).map_err(|e| anyhow::anyhow!("cannot accept chunk streams: {e}"))?;
         let seeds = self.clone();
-        tokio::spawn(async move {
-            while let Some((peer, stream)) = incoming.next().await {
-                if !budgets.admit_stream(peer) {
-                    continue;
-                }
-                let (seeds, budgets) = (seeds.clone(), budgets.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = seeds.handle(&budgets, peer, stream).await {
-                        debug!(%peer, "chunk stream ended: {e}");
-                    }
-                });
-            }
-        });
+        crate::net::serve_streams(client, CHUNK_PROTOCOL, "chunk", move |budgets, peer, stream| {
+            let seeds = seeds.clone();
+            async move { seeds.handle(&budgets, peer, stream).await }
+        })?;
         Ok(())
     }
 
