@@ -2,7 +2,7 @@
 //! chunk lists of its large files, and chunks, each chunk sent once before any is sent twice.
 //!
 //! Everything here goes only to a peer holding a lease on a frame of a job that lists the blob, asked of the event
-//! loop exactly as for whole blobs ([`BlobServer::may_fetch`]). A chunk list is computed on a blocking thread the
+//! loop exactly as for whole blobs (`BlobServer::may_fetch`). A chunk list is computed on a blocking thread the
 //! first time it is asked for, from the served file, whose whole sha256 must still be the blob's name; each chunk is
 //! hashed again before it is sent, so a file changed since then is never sent under the old name.
 

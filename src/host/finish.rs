@@ -1,12 +1,12 @@
 //! When a job ends: its movie (`video = mp4`) and the owner's `notify = COMMAND`, both written up in the job log.
 //!
 //! Both are slow or may hang (ffmpeg encodes for minutes, a mail command waits on the network), so neither runs on
-//! the host's event loop: [`Host::job_ended`] copies what they need (the job file's options, the scheduler's counts,
-//! the folders) into an [`Ending`] and hands it to a task of its own. Nothing comes back to the loop; what happened
+//! the host's event loop: `Host::job_ended` copies what they need (the job file's options, the scheduler's counts,
+//! the folders) into an `Ending` and hands it to a task of its own. Nothing comes back to the loop; what happened
 //! goes to `JOBDIR/NAME.log`. Every program runs in a process group of its own with a time limit, its output read
 //! up to a bound; at the limit the whole group is killed, so nothing it started outlives it.
 //!
-//! Once per end: the loop calls [`Host::job_ended`] when the frame that completes a job is stored (guarded by
+//! Once per end: the loop calls `Host::job_ended` when the frame that completes a job is stored (guarded by
 //! `report_finished`) and when the scheduler fails a job (once per failure). A restarted host stores no frame of a
 //! job that was done, so nothing runs again; a job failure is not durable, so a job that fails again after a restart
 //! (it is retried) ends, and notifies, again. Nothing from volunteers reaches the command or its environment.

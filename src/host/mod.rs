@@ -1,7 +1,7 @@
 //! The owner of a job folder. It watches JOBDIR, feeds the scheduler, answers volunteers' claims and result
 //! notices, receives frames over blob streams and writes them to RENDERDIR/NAME/ — durably, before acknowledging.
 //!
-//! Layout: [`jobfile`] parses job files, [`jobs`] reconciles the folder with the scheduler, [`blobs`] serves .blend
+//! Layout: [`jobfile`] parses job files, `jobs` reconciles the folder with the scheduler, [`blobs`] serves .blend
 //! files and receives frames, [`joblog`] writes `JOBDIR/NAME.log`, [`finish`] makes a job's movie and runs its
 //! `notify` command when it ends. This file holds the event loop.
 

@@ -1,6 +1,6 @@
 //! A job's project: its .blend and every file the .blend needs, hashed and listed in a [`JobManifest`] whose own
 //! hash is the job's version. Preparing one runs in its own task, never on the host's event loop: it may start the
-//! owner's Blender ([`super::trace`]) and hash gigabytes.
+//! owner's Blender (`super::trace`) and hash gigabytes.
 //!
 //! Work is remembered between preparations, so the host can prepare every job on every rescan: a file is hashed
 //! again only when its size or modification time changed, and Blender traces the .blend again only when the .blend,

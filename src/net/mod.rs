@@ -5,7 +5,7 @@
 //!
 //! Every peer is bounded (docs/SECURITY.md, "Bounded peers"): connection limits, and a budget of requests, streams
 //! and strikes per peer ([`budget`]) whose overspenders are banned; gossip is judged before it is forwarded
-//! ([`gossip`]).
+//! (`gossip`).
 
 mod behaviour;
 pub mod budget;

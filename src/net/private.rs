@@ -197,7 +197,7 @@ const KEY_CHECK: &[u8; 16] = b"blenderdist-psk1";
 /// How long the nonce exchange and the key check may take: a node that is not private answers them with silence.
 pub const KEY_CHECK_WITHIN: Duration = Duration::from_secs(5);
 
-/// Why the swarm-key handshake failed; the words are matched by [`refusal`].
+/// Why the swarm-key handshake failed; the words are matched by `refusal`.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyHandshakeError {
     #[error("the other side holds another swarm key")]

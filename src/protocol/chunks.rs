@@ -114,7 +114,7 @@ pub struct TicketBody {
 /// A [`TicketBody`] signed by the owner's node key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ticket {
-    /// CBOR of the body: the exact bytes signed (after [`TICKET_DOMAIN`]).
+    /// CBOR of the body: the exact bytes signed (after `TICKET_DOMAIN`).
     pub body: Vec<u8>,
     /// The owner's public key (libp2p protobuf encoding).
     pub signer: Vec<u8>,

@@ -99,7 +99,7 @@ impl JobNeeds {
     }
 }
 
-/// What [`Scheduler::upsert_job`] did with a job description.
+/// What `Scheduler::upsert_job` did with a job description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobChange {
     /// The job is new.
@@ -145,7 +145,7 @@ pub enum FailOutcome {
     /// that had already failed: the frame waits until the job is revived, and the failure is not reported twice.
     Retry,
     /// This report failed the job (returned once per failure): it hands out nothing more until it is restarted with a
-    /// new .blend, its range drops the frame, or [`Scheduler::clear_failures`].
+    /// new .blend, its range drops the frame, or `Scheduler::clear_failures`.
     JobFailed { reason: String },
     /// A stale report: unknown job, frame out of range or already done, or a peer that never held the frame in this
     /// incarnation of the job. Nothing changed.

@@ -1,4 +1,4 @@
-//! The only code that starts Blender (with [`super::session`], which drives one process). A [`Renderer`] turns
+//! The only code that starts Blender (with `super::session`, which drives one process). A [`Renderer`] turns
 //! (blend file, frame) into an image file; the real one, [`BlenderRenderer`], runs Blender with
 //! `--factory-startup --disable-autoexec`, so a stranger's .blend can never run Python on a volunteer whatever its
 //! preferences say, and drives it with a small Python driver shipped inside this binary (`driver.py`). Blender's

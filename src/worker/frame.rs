@@ -33,7 +33,7 @@ const BLOB_ATTEMPTS: u32 = 6;
 /// How long a volunteer waits for an owner's answers on blob streams before it tries the exchange again (opening a
 /// stream is bounded by [`crate::net::OPEN_TIMEOUT`], work requests by the request timeout, and every read of a
 /// blob's bytes by [`crate::store::blobs::STALL_TIMEOUT`]). An owner that stops answering so never holds a render
-/// slot for longer than [`BLOB_ATTEMPTS`] times these.
+/// slot for longer than `BLOB_ATTEMPTS` times these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Patience {
     /// For the owner's reply header to a blob request.

@@ -15,7 +15,7 @@ pub const DATA_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
 /// Pause before a lost reservation is asked for again, or a relay is dialled again.
 pub(super) const RETRY: Duration = Duration::from_secs(5);
 
-/// What a node does with relays, besides the [`super::NetConfig`] every node has.
+/// What a node does with relays, besides the `super::NetConfig` every node has.
 #[derive(Debug, Clone, Default)]
 pub struct RelayConfig {
     /// Relays to hold a reservation on (an owner behind NAT), each a full address ending in `/p2p/ID`.
