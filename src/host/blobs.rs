@@ -14,7 +14,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
 };
 
 use futures::AsyncWriteExt;
@@ -25,14 +24,11 @@ use tracing::{debug, warn};
 use crate::{
     net::{self, Client, PeerBudgets},
     protocol::{
-        read_header, write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest,
-        BLOB_PROTOCOL, MAX_MANIFEST, UPDATE_PROTOCOL,
+        write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest, BLOB_PROTOCOL,
+        MAX_MANIFEST, UPDATE_PROTOCOL,
     },
     store::blobs::{receive_verified, send_file, BlobError},
 };
-
-/// How long a peer may take to send the first header of a stream; junk and half-open streams are dropped after it.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The refusal a peer without a lease gets when it asks for a job's file.
 pub const NOT_GRANTED: &str = "this host serves a job's files only to volunteers it granted a frame of that job";
@@ -219,27 +215,8 @@ impl BlobServer {
         Ok(())
     }
 
-    /// Reads a stream's first header; a peer that sends junk or nothing in time gets a strike.
-    async fn first_header<T: for<'de> serde::Deserialize<'de>>(
-        budgets: &PeerBudgets,
-        peer: PeerId,
-        stream: &mut Stream,
-    ) -> anyhow::Result<T> {
-        match tokio::time::timeout(HEADER_TIMEOUT, read_header(stream)).await {
-            Ok(Ok(header)) => Ok(header),
-            Ok(Err(e)) => {
-                budgets.strike(peer);
-                Err(e.into())
-            }
-            Err(e) => {
-                budgets.strike(peer);
-                Err(e.into())
-            }
-        }
-    }
-
     async fn handle_update(&self, budgets: &PeerBudgets, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request: UpdateRequest = Self::first_header(budgets, peer, &mut stream).await?;
+        let request: UpdateRequest = budgets.first_header(peer, &mut stream, crate::protocol::MAX_BLOB_HEADER).await?;
         match request {
             UpdateRequest::Manifest => {
                 let manifest = lock(&self.inner.manifest).clone();
@@ -258,7 +235,7 @@ impl BlobServer {
     }
 
     async fn handle(&self, budgets: &PeerBudgets, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request: BlobRequest = Self::first_header(budgets, peer, &mut stream).await?;
+        let request: BlobRequest = budgets.first_header(peer, &mut stream, crate::protocol::MAX_BLOB_HEADER).await?;
         let reply = match request {
             BlobRequest::Get { hash } => return self.send_blob(budgets, peer, hash, stream).await,
             BlobRequest::Put { hash, size } => self.receive_frame(peer, hash, size, &mut stream).await,

@@ -26,13 +26,11 @@ use super::blobs::{BlobServer, NOT_GRANTED};
 use crate::{
     net::{Client, PeerBudgets},
     protocol::{
-        chunk_count, chunk_len, read_header_max, write_header_max, Bitfield, BlobHash, ChunkReply, ChunkRequest,
-        SwarmPeer, Ticket, CHUNK_PROTOCOL, CHUNK_SIZE, MAX_CHUNK_HEADER, MAX_PEER_ADDRS, MAX_SWARM_PEERS,
+        chunk_count, chunk_len, write_header_max, Bitfield, BlobHash, ChunkReply, ChunkRequest, SwarmPeer, Ticket,
+        CHUNK_PROTOCOL, CHUNK_SIZE, MAX_CHUNK_HEADER, MAX_PEER_ADDRS, MAX_SWARM_PEERS,
     },
 };
 
-/// How long a peer may take to send its request header.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// A volunteer not heard of for this long is no longer named to others (they ask again every few seconds while
 /// they fetch).
 const PEER_MEMORY: Duration = Duration::from_secs(600);
@@ -90,17 +88,7 @@ impl ChunkServer {
     }
 
     async fn handle(&self, budgets: &PeerBudgets, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request = match tokio::time::timeout(HEADER_TIMEOUT, read_header_max(&mut stream, MAX_CHUNK_HEADER)).await {
-            Ok(Ok(request)) => request,
-            Ok(Err(e)) => {
-                budgets.strike(peer);
-                return Err(e.into());
-            }
-            Err(e) => {
-                budgets.strike(peer);
-                return Err(e.into());
-            }
-        };
+        let request = budgets.first_header(peer, &mut stream, MAX_CHUNK_HEADER).await?;
         let (blob, reply) = match request {
             ChunkRequest::Swarm { manifest, addrs } => (manifest, Step::Swarm(addrs)),
             ChunkRequest::List { blob } => (blob, Step::List),

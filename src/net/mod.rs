@@ -43,6 +43,9 @@ pub const REDIAL_MAX: Duration = Duration::from_secs(4);
 /// How long opening a stream may take (dialling and negotiating the protocol included), so an owner that accepts
 /// connections but never answers cannot hold a volunteer's render slot.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer may take to send the first header of a stream it opened; junk and half-open streams are dropped
+/// after it.
+pub const FIRST_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -261,6 +264,27 @@ impl PeerBudgets {
     /// Counts a refused or garbage message against `peer` (see [`crate::protocol::STRIKE_BUDGET`]).
     pub fn strike(&self, peer: PeerId) {
         self.charge(peer, budget::Charge::Strike);
+    }
+
+    /// Reads the first header of a stream `peer` opened (at most `max` bytes), within [`FIRST_HEADER_TIMEOUT`]; junk
+    /// or silence counts as a strike against it.
+    pub async fn first_header<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        peer: PeerId,
+        stream: &mut Stream,
+        max: u32,
+    ) -> anyhow::Result<T> {
+        match tokio::time::timeout(FIRST_HEADER_TIMEOUT, crate::protocol::read_header_max(stream, max)).await {
+            Ok(Ok(header)) => Ok(header),
+            Ok(Err(e)) => {
+                self.strike(peer);
+                Err(e.into())
+            }
+            Err(e) => {
+                self.strike(peer);
+                Err(e.into())
+            }
+        }
     }
 
     fn charge(&self, peer: PeerId, charge: budget::Charge) -> bool {

@@ -23,14 +23,12 @@ use crate::{
     host::chunks::{now_ms, read_chunk},
     net::{Client, PeerBudgets},
     protocol::{
-        chunk_count, read_header_max, write_header_max, Bitfield, BlobHash, ChunkReply, ChunkRequest, JobManifest,
-        Ticket, CHUNK_PROTOCOL, MAX_CHUNK_HEADER,
+        chunk_count, write_header_max, Bitfield, BlobHash, ChunkReply, ChunkRequest, JobManifest, Ticket,
+        CHUNK_PROTOCOL, MAX_CHUNK_HEADER,
     },
     store::blobs::BlobStore,
 };
 
-/// How long a peer may take to send its request header.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Job versions remembered for serving; older ones are forgotten.
 const KEEP_JOBS: usize = 64;
 /// Chunk streams served at once; more wait.
@@ -168,17 +166,7 @@ impl Seeds {
     }
 
     async fn handle(&self, budgets: &PeerBudgets, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request = match tokio::time::timeout(HEADER_TIMEOUT, read_header_max(&mut stream, MAX_CHUNK_HEADER)).await {
-            Ok(Ok(request)) => request,
-            Ok(Err(e)) => {
-                budgets.strike(peer);
-                return Err(e.into());
-            }
-            Err(e) => {
-                budgets.strike(peer);
-                return Err(e.into());
-            }
-        };
+        let request = budgets.first_header(peer, &mut stream, MAX_CHUNK_HEADER).await?;
         let (blob, ticket, index) = match request {
             ChunkRequest::Have { blob, ticket } => (blob, ticket, None),
             ChunkRequest::Get { blob, index, ticket } => (blob, ticket, Some(index)),
