@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod chunks;
+mod deliver;
 mod limits;
 mod manifest;
 mod names;
 mod status;
 pub use chunks::*;
+pub use deliver::*;
 pub use limits::*;
 pub use manifest::*;
 pub use names::*;
@@ -291,8 +293,11 @@ where
     if len > max {
         return Err(WireError::TooLarge(len));
     }
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&bytes).await?;
+    // One write: on a libp2p stream each write is a frame of its own on the wire.
+    let mut framed = Vec::with_capacity(4 + bytes.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(&bytes);
+    io.write_all(&framed).await?;
     io.flush().await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod bounded;
 mod cli;
 mod control;
 mod dashboard;
+mod deliver;
 mod farm;
 mod finish;
 mod hostile;

@@ -206,7 +206,8 @@ async fn two_nodes(
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     // Serves update manifests and builds only, which need nobody's lease: no access question is ever asked.
     let (access, _) = tokio::sync::mpsc::channel(1);
-    let server = BlobServer::new(dir.join("host-tmp"), tx, access).unwrap();
+    let (work, _) = tokio::sync::mpsc::channel(1);
+    let server = BlobServer::new(dir.join("host-tmp"), tx, access, work).unwrap();
     server.spawn(&host).unwrap();
     server.serve_updates(sign(&key, &manifest_for(hash, 0)).unwrap(), vec![(hash, served)]);
     let (volunteer, mut vevents) = net::spawn(NetConfig {

@@ -219,8 +219,10 @@ impl BlobPair {
                 let _ = question.reply.send(true);
             }
         });
+        // No deliveries here: nothing renders.
+        let (work_tx, _work) = tokio::sync::mpsc::channel(1);
         let blob_server =
-            BlobServer::new(dir.join(format!("server-tmp-{}", server.peer_id())), arrivals_tx, access_tx)?;
+            BlobServer::new(dir.join(format!("server-tmp-{}", server.peer_id())), arrivals_tx, access_tx, work_tx)?;
         blob_server.serve_job("bench", vec![(hash, src.to_path_buf())]);
         blob_server.spawn(&server)?;
 

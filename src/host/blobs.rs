@@ -24,8 +24,8 @@ use tracing::{debug, warn};
 use crate::{
     net::{self, Client, PeerBudgets},
     protocol::{
-        write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest, BLOB_PROTOCOL,
-        MAX_MANIFEST, UPDATE_PROTOCOL,
+        write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest, WorkRequest,
+        WorkResponse, BLOB_PROTOCOL, DELIVER_PROTOCOL, MAX_MANIFEST, UPDATE_PROTOCOL,
     },
     store::blobs::{receive_verified, send_file, BlobError},
 };
@@ -39,6 +39,14 @@ pub struct AccessQuestion {
     pub peer: PeerId,
     pub jobs: Vec<String>,
     pub reply: oneshot::Sender<bool>,
+}
+
+/// Work requests that came on a stream rather than as request-response messages (a [`crate::protocol::Delivery`]'s
+/// notice and claim), for the event loop to answer in order, as it answers the same requests from the network.
+pub struct WorkAsk {
+    pub peer: PeerId,
+    pub requests: Vec<WorkRequest>,
+    pub reply: oneshot::Sender<Vec<WorkResponse>>,
 }
 
 /// A frame the host agreed to receive.
@@ -87,6 +95,8 @@ struct Shared {
     uploading: Mutex<HashMap<PeerId, usize>>,
     /// Where the event loop is asked who may fetch a job's files.
     access: mpsc::Sender<AccessQuestion>,
+    /// Where the event loop is asked to answer deliveries' notices and claims.
+    work: mpsc::Sender<WorkAsk>,
 }
 
 /// Uploads one volunteer may stream at once (its render slots rarely need more than one each).
@@ -124,11 +134,12 @@ impl Drop for UploadSlot<'_> {
 
 impl BlobServer {
     /// `temp_dir` must be on the same file system as the render folder, so frames are renamed into place. Every
-    /// fetch of a job's file waits for an answer on `access`.
+    /// fetch of a job's file waits for an answer on `access`, every delivery's notice and claim for one on `work`.
     pub fn new(
         temp_dir: PathBuf,
         arrivals: mpsc::Sender<FrameArrived>,
         access: mpsc::Sender<AccessQuestion>,
+        work: mpsc::Sender<WorkAsk>,
     ) -> anyhow::Result<Self> {
         // Anything left there is a partial upload from before a crash.
         let _ = std::fs::remove_dir_all(&temp_dir);
@@ -145,6 +156,7 @@ impl BlobServer {
                 manifest: Mutex::default(),
                 builds: Mutex::default(),
                 access,
+                work,
             }),
         })
     }
@@ -211,6 +223,11 @@ impl BlobServer {
         net::serve_streams(client, UPDATE_PROTOCOL, "update", move |budgets, peer, stream| {
             let server = server.clone();
             async move { server.handle_update(&budgets, peer, stream).await }
+        })?;
+        let server = self.clone();
+        net::serve_streams(client, DELIVER_PROTOCOL, "delivery", move |budgets, peer, stream| {
+            let server = server.clone();
+            async move { server.handle_delivery(&budgets, peer, stream).await }
         })?;
         Ok(())
     }
@@ -288,6 +305,13 @@ impl BlobServer {
         answer.await.unwrap_or(false)
     }
 
+    /// Has the event loop answer `requests` from `peer`, in order; `None` when the host is shutting down.
+    pub(super) async fn ask_loop(&self, peer: PeerId, requests: Vec<WorkRequest>) -> Option<Vec<WorkResponse>> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.work.send(WorkAsk { peer, requests, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
     /// Answers `Found` and streams the file, or `Missing`.
     async fn send_file_as(
         &self,
@@ -308,7 +332,15 @@ impl BlobServer {
         Ok(())
     }
 
-    async fn receive_frame(&self, peer: PeerId, hash: BlobHash, size: u64, stream: &mut Stream) -> BlobReply {
+    /// Receives an upload the host asked for (the bytes of a `Put`, or of a delivery answered `Upload`) into the temp
+    /// folder, verified, and waits until the event loop has stored it.
+    pub(super) async fn receive_frame(
+        &self,
+        peer: PeerId,
+        hash: BlobHash,
+        size: u64,
+        stream: &mut Stream,
+    ) -> BlobReply {
         let Some(_slot) = UploadSlot::take(&self.inner.uploading, peer) else {
             return BlobReply::Refused {
                 reason: format!("at most {MAX_UPLOADS_PER_PEER} uploads at once per volunteer"),

@@ -10,6 +10,7 @@ pub mod check;
 pub mod chunks;
 mod confirm;
 mod dashboard;
+mod deliver;
 pub mod finish;
 mod frames;
 pub mod http;
@@ -207,6 +208,8 @@ struct Inbox {
     events: mpsc::Receiver<NetEvent>,
     arrivals: mpsc::Receiver<FrameArrived>,
     access: mpsc::Receiver<blobs::AccessQuestion>,
+    /// Deliveries' notices and claims, from the blob server.
+    work: mpsc::Receiver<blobs::WorkAsk>,
     prepared: mpsc::Receiver<jobs::JobPrepared>,
     checked: mpsc::Receiver<verify::CheckDone>,
 }
@@ -218,7 +221,7 @@ impl Host {
         mut watcher: watch::JobDirWatcher,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let Inbox { mut events, mut arrivals, mut access, mut prepared, mut checked } = inbox;
+        let Inbox { mut events, mut arrivals, mut access, mut work, mut prepared, mut checked } = inbox;
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         let mut offer = tokio::time::interval(OFFER_INTERVAL);
@@ -240,6 +243,11 @@ impl Host {
                     Some(event) => self.on_net_event(event).await,
                     None => anyhow::bail!("the network task stopped; the host can no longer hear volunteers"),
                 },
+                // A delivery's notice and claim, answered as if they had come alone.
+                Some(blobs::WorkAsk { peer, requests, reply }) = work.recv() => {
+                    let answers = requests.into_iter().map(|request| self.on_request(peer, request)).collect();
+                    let _ = reply.send(answers);
+                }
                 Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival, &stored_tx),
                 // A frame was checked, a check copy compared, or a ban recorded, off the loop.
                 Some(done) = checked.recv() => self.on_check_done(done, &stored_tx),

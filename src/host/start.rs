@@ -82,7 +82,9 @@ pub async fn start(
     let (arrivals_tx, arrivals) = mpsc::channel(64);
     // Who may fetch a job's files is the scheduler's to say: the blob server asks the event loop on `access`.
     let (access_tx, access) = mpsc::channel(64);
-    let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx, access_tx)?;
+    // A delivery's notice and claim are the scheduler's to answer too: the blob server asks on `work`.
+    let (work_tx, work) = mpsc::channel(64);
+    let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx, access_tx, work_tx)?;
     blob_server.spawn(&client)?;
     let chunk_server = chunks::ChunkServer::new(blob_server.clone(), keypair.clone());
     chunk_server.spawn(&client)?;
@@ -144,7 +146,7 @@ pub async fn start(
     // The router's port mapping, made while the loop already serves the LAN, goes with the host.
     let (mapping_tx, mapping) = upnp::slot();
     let task = tokio::spawn(async move {
-        let result = host.run(Inbox { events, arrivals, access, prepared, checked }, watcher, shutdown).await;
+        let result = host.run(Inbox { events, arrivals, access, work, prepared, checked }, watcher, shutdown).await;
         mapping.release().await;
         result
     });

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     blender::{RenderError, RenderRequest, RenderedFrame, Renderer},
+    deliver::{Delivered, Handover},
     layouts::{Layout, Layouts},
     project,
 };
@@ -49,13 +50,13 @@ impl Default for Patience {
 }
 
 /// What an owner's refusal (or unexpected answer) says, for a log line: it comes from the network.
-fn refusal(reason: &str) -> String {
+pub(super) fn refusal(reason: &str) -> String {
     one_line(reason, MAX_LOGGED_TEXT)
 }
 
 /// The owner's reply header, or a transport failure (tried again) if it does not come in time: an owner that
 /// stops answering must not hold a render slot forever.
-async fn reply(stream: &mut libp2p::Stream, limit: Duration) -> Result<BlobReply, Exchange> {
+pub(super) async fn reply(stream: &mut libp2p::Stream, limit: Duration) -> Result<BlobReply, Exchange> {
     match tokio::time::timeout(limit, read_header(stream)).await {
         Ok(header) => Ok(header?),
         Err(_) => Err(Exchange::Transport(anyhow::anyhow!("the owner did not answer within {} s", limit.as_secs()))),
@@ -63,7 +64,7 @@ async fn reply(stream: &mut libp2p::Stream, limit: Duration) -> Result<BlobReply
 }
 
 /// Runs a blob exchange until it succeeds, fails for a reason other than the transport, or runs out of attempts.
-async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+pub(super) async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Exchange>>,
@@ -83,7 +84,7 @@ where
 }
 
 /// How a blob exchange failed: transport failures are retried, the rest are answers.
-enum Exchange {
+pub(super) enum Exchange {
     Transport(anyhow::Error),
     Final(anyhow::Error),
 }
@@ -111,6 +112,8 @@ pub(super) struct Slot<R> {
     pub patience: Patience,
     /// What this volunteer shares with the job's other volunteers, and how it fetches from them.
     pub sharing: Arc<super::seed::Sharing>,
+    /// Hosts that do not speak [`crate::protocol::DELIVER_PROTOCOL`]: frames go back to them the general way.
+    pub general_path: std::sync::Mutex<std::collections::HashSet<PeerId>>,
 }
 
 impl<R: Renderer> Slot<R> {
@@ -130,17 +133,18 @@ impl<R: Renderer> Slot<R> {
     }
 
     /// Hands a render's outcome back to `host` (the frame itself, or the failure with Blender's words), then removes
-    /// the frame's folder.
+    /// the frame's folder. With `handover`, a delivered frame also claims the slot's next frame from `host`.
     pub async fn report(
         &self,
         host: PeerId,
         grant: &FrameGrant,
         outcome: Result<Option<RenderedFrame>, RenderError>,
         out_dir: &Path,
+        handover: Option<Handover>,
     ) {
         let FrameGrant { job, frame, .. } = grant;
         let result = match outcome {
-            Ok(Some(rendered)) => self.deliver(host, grant, rendered).await,
+            Ok(Some(rendered)) => self.deliver(host, grant, rendered, handover).await,
             // The host recalled the frame while it rendered.
             Ok(None) => Ok(()),
             Err(e) => {
@@ -271,9 +275,33 @@ impl<R: Renderer> Slot<R> {
     }
 
     /// Announces the frame (and the files File Output nodes wrote for it), pushes them if the host wants them, the
-    /// frame last, and waits until the host has stored each.
-    async fn deliver(&self, host: PeerId, grant: &FrameGrant, rendered: RenderedFrame) -> Result<(), String> {
+    /// frame last, and waits until the host has stored each. A frame alone goes in one exchange when the host speaks
+    /// [`crate::protocol::DELIVER_PROTOCOL`] (`deliver.rs`), claiming the slot's next frame on the way.
+    async fn deliver(
+        &self,
+        host: PeerId,
+        grant: &FrameGrant,
+        rendered: RenderedFrame,
+        handover: Option<Handover>,
+    ) -> Result<(), String> {
         let (blob, size) = hash_file(&rendered.path).await.map_err(|e| e.to_string())?;
+        if rendered.outputs.is_empty() && !self.general_path.lock().unwrap_or_else(|e| e.into_inner()).contains(&host) {
+            let file = (rendered.path.as_path(), rendered.ext.as_str());
+            match self.deliver_in_one(host, grant, file, (blob, size), handover).await.map_err(|e| format!("{e:#}"))? {
+                Delivered::Stored => {
+                    self.delivered_one(grant);
+                    return Ok(());
+                }
+                Delivered::Discarded => {
+                    debug!("host no longer wants frame {} of {}", grant.frame, grant.job);
+                    return Ok(());
+                }
+                Delivered::Unsupported => {
+                    debug!("host {host} takes frames the general way (an older build)");
+                    self.general_path.lock().unwrap_or_else(|e| e.into_inner()).insert(host);
+                }
+            }
+        }
         let mut outputs = Vec::with_capacity(rendered.outputs.len());
         for (path, name) in &rendered.outputs {
             let (blob, size) = hash_file(path).await.map_err(|e| e.to_string())?;
@@ -302,9 +330,13 @@ impl<R: Renderer> Slot<R> {
             WorkResponse::Refused { reason } => Err(format!("the host refused the frame: {}", refusal(&reason))),
             other => Err(format!("host answered {}", refusal(&format!("{other:?}")))),
         }?;
+        self.delivered_one(grant);
+        Ok(())
+    }
+
+    fn delivered_one(&self, grant: &FrameGrant) {
         self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!("frame {} of {} delivered", grant.frame, grant.job);
-        Ok(())
     }
 
     async fn upload(&self, host: PeerId, blob: BlobHash, size: u64, path: &Path) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod blender;
 mod cache;
+mod deliver;
 mod events;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -188,6 +189,7 @@ pub fn start_sharing<R: Renderer>(
         caps: std::sync::Mutex::new(config.caps.clone()),
         patience: config.patience,
         sharing,
+        general_path: Default::default(),
     });
     if config.caps.is_some() {
         // Whether Eevee works here takes a few seconds of Blender to learn: claims go out meanwhile without it.

@@ -1,11 +1,12 @@
 //! The render slots of a volunteer. Each renders its current frame while it claims and fetches its next, and
-//! uploads the previous frame meanwhile. When the volunteer drains (an update is staged) slots take no new frame
-//! and end once their frames in flight are delivered.
+//! uploads the previous frame meanwhile. A frame's delivery claims the frame after next in the same exchange, so in
+//! steady state a slot makes one exchange per frame. When the volunteer drains (an update is staged) slots take no
+//! new frame and end once their frames in flight are delivered.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use libp2p::PeerId;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -34,24 +35,34 @@ pub(super) async fn slot_loop<R: Renderer>(
     let mut next: Option<Prepared> = None;
     // The previous frame's upload, which runs while this slot renders the next frame.
     let mut delivering: Option<tokio::task::JoinHandle<()>> = None;
+    // The frame the previous frame's delivery claimed, when the host granted one.
+    let mut handed: Option<oneshot::Receiver<(PeerId, FrameGrant)>> = None;
     loop {
         let current = match next.take() {
             Some(prepared) => prepared,
-            None => match wait_for_grant(&slot, &leases, &mut signals).await {
+            None => match take_handed(&slot, &leases, handed.take()).await {
                 Some(prepared) => prepared,
-                None => {
-                    if let Some(previous) = delivering.take() {
-                        let _ = previous.await;
+                None => match wait_for_grant(&slot, &leases, &mut signals).await {
+                    Some(prepared) => prepared,
+                    None => {
+                        if let Some(previous) = delivering.take() {
+                            let _ = previous.await;
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
-                }
+                },
             },
         };
         let Prepared { host, grant, project, lease, recalled } = current;
-        // The next frame is claimed and its .blend fetched while this one renders.
+        // The next frame (handed over by the previous delivery, or claimed) is fetched while this one renders.
         let prefetch = {
-            let (slot, leases, signals) = (slot.clone(), leases.clone(), signals.clone());
-            tokio::spawn(async move { claim_one(&slot, &leases, &signals).await })
+            let (slot, leases, signals, handed) = (slot.clone(), leases.clone(), signals.clone(), handed.take());
+            tokio::spawn(async move {
+                match take_handed(&slot, &leases, handed).await {
+                    Some(prepared) => Some(prepared),
+                    None => claim_one(&slot, &leases, &signals).await,
+                }
+            })
         };
         let dir = slot.new_frame_dir(&grant);
         let done_here = slot.delivered.load(std::sync::atomic::Ordering::Relaxed);
@@ -62,8 +73,16 @@ pub(super) async fn slot_loop<R: Renderer>(
             let _ = previous.await;
         }
         let (delivery_slot, delivery_leases) = (slot.clone(), leases.clone());
+        // A draining volunteer takes no new frame, so its deliveries claim none.
+        let handover = if *signals.draining.borrow() {
+            None
+        } else {
+            let (handover, receiver) = oneshot::channel();
+            handed = Some(receiver);
+            Some(handover)
+        };
         delivering = Some(tokio::spawn(async move {
-            delivery_slot.report(host, &grant, outcome, &dir).await;
+            delivery_slot.report(host, &grant, outcome, &dir, handover).await;
             delivery_leases.release(lease);
         }));
         next = prefetch.await.ok().flatten();
@@ -79,6 +98,24 @@ struct Prepared {
     recalled: CancellationToken,
 }
 
+/// The frame a delivery claimed for this slot, with its lease held and its files fetched; `None` when the delivery
+/// brought none (or there was no delivery).
+async fn take_handed<R: Renderer>(
+    slot: &frame::Slot<R>,
+    leases: &Leases,
+    handed: Option<oneshot::Receiver<(PeerId, FrameGrant)>>,
+) -> Option<Prepared> {
+    let (host, grant) = handed?.await.ok()?;
+    Some(prepare(slot, leases, host, grant).await)
+}
+
+/// Holds a granted frame's lease and fetches its job's files.
+async fn prepare<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, host: PeerId, grant: FrameGrant) -> Prepared {
+    let (lease, recalled) = leases.hold(host, &grant);
+    let project = slot.fetch_project(host, &grant).await;
+    Prepared { host, grant, project, lease, recalled }
+}
+
 /// Claims one frame from whichever known owner has one, holds its lease and fetches its .blend.
 async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals: &Signals) -> Option<Prepared> {
     if *signals.draining.borrow() {
@@ -92,12 +129,9 @@ async fn claim_one<R: Renderer>(slot: &frame::Slot<R>, leases: &Leases, signals:
             .await
         {
             Ok(WorkResponse::Granted(grants)) => {
-                let mut grants = grants.into_iter();
-                let grant = grants.next()?;
                 // We asked for one; any extra frame would only wait for its lease to run out.
-                let (lease, recalled) = leases.hold(host, &grant);
-                let project = slot.fetch_project(host, &grant).await;
-                return Some(Prepared { host, grant, project, lease, recalled });
+                let grant = grants.into_iter().next()?;
+                return Some(prepare(slot, leases, host, grant).await);
             }
             Ok(WorkResponse::Refused { reason }) => {
                 warn!(
