@@ -5,8 +5,9 @@
 //! holds exactly the bytes its name promises (the data is fsync'ed before the rename and the directory after it, so
 //! this holds across power loss too). `tmp` is emptied on open, since anything there was cut off by a crash.
 //!
-//! Blobs can be GBs, so data always moves in 64 KiB chunks and is hashed as it passes; no blob is ever held in
-//! memory. The network side uses `futures::io` traits (libp2p streams), the disk side `tokio::fs`.
+//! Blobs can be GBs, so data moves in chunks (64 KiB from the network, batches of 256 KiB to and from disk) and is
+//! hashed as it passes; no blob is ever held in memory whole. The network side uses `futures::io` traits (libp2p
+//! streams), the disk side blocking threads, one trip per batch (`store::disk`).
 //!
 //! Every temp file is owned by a guard that deletes it when dropped, so a receive that fails *or is cancelled*
 //! (e.g. by the caller's timeout — a stalled peer looks like a pending read, which only a timeout can end) leaves
@@ -18,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use sha2::{Digest, Sha256};
-use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::fs::File;
 
+use super::disk::{self, BatchReader, BatchWriter};
 use crate::protocol::{BlobHash, MAX_BLOB_SIZE};
 
 /// Size of every read and write: large enough to amortise syscalls, small enough to never matter for memory.
@@ -116,10 +117,9 @@ impl BlobStore {
         reader: &mut R,
     ) -> Result<PathBuf, BlobError> {
         check_size(hash, size)?;
-        let (tmp, mut file) = self.create_tmp(hash).await?;
+        let tmp = self.new_tmp(hash);
         let guard = TempGuard(Some(&tmp));
-        stream_into(reader, size, hash, &mut file, &tmp).await?;
-        drop(file);
+        stream_into(reader, size, hash, BatchWriter::new(&tmp, true), &tmp).await?;
         let dest = self.path(hash);
         persist(&tmp, &dest).await?;
         guard.disarm();
@@ -154,11 +154,12 @@ impl BlobStore {
     /// Copies `file` into the store under `hash`, re-hashing the copy: the file may have changed since it was
     /// hashed, and the store must never hold a blob under the wrong name.
     async fn copy_in(&self, file: &Path, hash: &BlobHash, size: u64) -> Result<(), BlobError> {
-        let (tmp, out) = self.create_tmp(hash).await?;
+        let tmp = self.new_tmp(hash);
         let guard = TempGuard(Some(&tmp));
-        let mut out = out.into_std().await;
         let (src, out_path) = (file.to_path_buf(), tmp.clone());
         let copied = tokio::task::spawn_blocking(move || {
+            let out = std::fs::OpenOptions::new().write(true).create_new(true).open(&out_path);
+            let mut out = out.map_err(io_err(&out_path))?;
             let digest = digest_file(&src, Some((&mut out, &out_path)), false)?;
             out.sync_all().map_err(io_err(&out_path))?;
             Ok(digest)
@@ -170,14 +171,10 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Creates a fresh file in `tmp` for the blob; pid and counter make the name unique, `create_new` makes sure.
-    async fn create_tmp(&self, hash: &BlobHash) -> Result<(PathBuf, File), BlobError> {
+    /// A fresh name in `tmp` for the blob: pid and counter make it unique, and it is created with `create_new`.
+    fn new_tmp(&self, hash: &BlobHash) -> PathBuf {
         let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}.{}.{n}.part", hash.to_hex(), std::process::id());
-        let path = self.dir.join(TMP_DIR).join(name);
-        let file = OpenOptions::new().write(true).create_new(true).open(&path).await;
-        let file = file.map_err(io_err(&path))?;
-        Ok((path, file))
+        self.dir.join(TMP_DIR).join(format!("{}.{}.{n}.part", hash.to_hex(), std::process::id()))
     }
 }
 
@@ -191,9 +188,8 @@ pub async fn receive_verified<R: AsyncRead + Unpin>(
     dest_tmp: &Path,
 ) -> Result<(), BlobError> {
     check_size(expected, size)?;
-    let mut file = File::create(dest_tmp).await.map_err(io_err(dest_tmp))?;
     let guard = TempGuard(Some(dest_tmp));
-    stream_into(reader, size, expected, &mut file, dest_tmp).await?;
+    stream_into(reader, size, expected, BatchWriter::new(dest_tmp, false), dest_tmp).await?;
     guard.disarm();
     Ok(())
 }
@@ -206,17 +202,19 @@ pub async fn persist(from: &Path, to: &Path) -> Result<(), BlobError> {
     sync_dir(parent.unwrap_or(Path::new("."))).await
 }
 
-/// Streams a file to a writer in 64 KiB chunks and flushes it (the writer is not closed). Returns bytes sent.
+/// Streams a file to a writer, read in batches of [`disk::BATCH`], and flushes it (the writer is not closed). Returns
+/// bytes sent.
 pub async fn send_file<W: AsyncWrite + Unpin>(path: &Path, writer: &mut W) -> Result<u64, BlobError> {
-    let mut file = File::open(path).await.map_err(io_err(path))?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut file = BatchReader::new(path);
+    let mut buf = Vec::new();
     let mut sent = 0u64;
     loop {
-        let n = file.read(&mut buf).await.map_err(io_err(path))?;
+        buf = file.read(buf).await.map_err(io_err(path))?;
+        let n = buf.len();
         if n == 0 {
             break;
         }
-        match tokio::time::timeout(STALL_TIMEOUT, writer.write_all(&buf[..n])).await {
+        match tokio::time::timeout(STALL_TIMEOUT, writer.write_all(&buf)).await {
             Ok(written) => written.map_err(send_err(path))?,
             Err(_) => {
                 let e = io::Error::new(io::ErrorKind::TimedOut, "the peer took no data for a minute");
@@ -259,17 +257,18 @@ fn verify(blob: &BlobHash, expected: u64, actual: u64, hash: BlobHash) -> Result
     Ok(())
 }
 
-/// Copies exactly `size` bytes from `reader` to `file`, hashing them, then verifies and fsyncs the file.
-/// The shared core of every receive; the caller's guard removes `file` on error.
+/// Copies exactly `size` bytes from `reader` to `file` (written in batches of [`disk::BATCH`]), hashing them, then
+/// verifies and fsyncs the file. The shared core of every receive; the caller's guard removes `path` on error.
 async fn stream_into<R: AsyncRead + Unpin>(
     reader: &mut R,
     size: u64,
     blob: &BlobHash,
-    file: &mut File,
+    mut file: BatchWriter,
     path: &Path,
 ) -> Result<(), BlobError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
+    let mut pending = Vec::with_capacity(usize::try_from(size).map_or(disk::BATCH, |s| s.min(disk::BATCH)));
     let mut received = 0u64;
     while received < size {
         let want = usize::try_from(size - received).map_or(CHUNK, |left| left.min(CHUNK));
@@ -287,12 +286,15 @@ async fn stream_into<R: AsyncRead + Unpin>(
             Ok(n) => n,
         };
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await.map_err(io_err(path))?;
+        pending.extend_from_slice(&buf[..n]);
         received += n as u64;
+        if pending.len() >= disk::BATCH && received < size {
+            pending = file.write(pending, false).await.map_err(io_err(path))?;
+        }
     }
     verify(blob, size, received, BlobHash::from_hasher(hasher))?;
-    file.flush().await.map_err(io_err(path))?;
-    file.sync_all().await.map_err(io_err(path))
+    file.write(pending, true).await.map_err(io_err(path))?;
+    Ok(())
 }
 
 /// [`digest_file`] on a blocking thread.
