@@ -10,7 +10,7 @@
 # frames; stalls: volunteers, frame-ms; distribution: volunteers); --verify F gives the scaling job `verify = F` (spot checks; off otherwise),
 # to measure what checks cost; --limit replaces each benchmark's hang guard (for larger sizes).
 # Builds once (`cargo build --release`: the binary and the benchmark binary benches/farm.rs) and reuses both.
-# Each benchmark has a time limit and stops by itself; temp files go to target/bench-tmp (the scaling benchmark
+# Each benchmark has a time limit and stops by itself; temp files go to /var/tmp/blenderdist-bench (BENCH_TMP; the scaling benchmark
 # also uses /dev/shm) and are removed.
 # Needs Blender on PATH for `overhead` and `project`, root (network namespaces, tc) for `distribution`. See docs/BENCHMARKS.md for what each benchmark measures.
 set -euo pipefail
@@ -48,7 +48,8 @@ done
 [[ ${#names[@]} -gt 0 ]] || names=("${all[@]}")
 command_line="scripts/bench.sh${*:+ $*}"
 
-tmp="$PWD/target/bench-tmp"
+# Not under target/, where cargo creates and removes thousands of files (see benches/farm/scaling.rs, RunFolders).
+tmp="${BENCH_TMP:-/var/tmp/blenderdist-bench}"
 mkdir -p "$tmp"
 run_dir="$(mktemp -d "$tmp/run.XXXXXX")"
 trap 'rm -rf "$run_dir"' EXIT

@@ -46,7 +46,8 @@ impl Opts {
             names: vec![],
             quick: false,
             bin: root.join("target/release/blenderdist"),
-            tmp: root.join("target/bench-tmp"),
+            // Not under target/: see `scaling::RunFolders`.
+            tmp: PathBuf::from("/var/tmp/blenderdist-bench"),
             volunteers: None,
             frames: None,
             frame_ms: None,
