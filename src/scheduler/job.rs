@@ -111,6 +111,24 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Job<P> {
         self.index(frame).map(|idx| self.frames[idx])
     }
 
+    /// The last frames go to peers with nothing to render: while fewer frames are pending than peers hold leases on
+    /// the job, a peer that holds a frame it has not reported rendered (it claims ahead, for when its current frame
+    /// is done) gets none, so no frame waits behind another on one volunteer while another volunteer sits idle.
+    /// Before that point every working peer gets at least one more frame anyway, and claiming ahead costs nothing.
+    pub(super) fn holds_back_from(&self, peer: &P) -> bool {
+        // Each leased frame has at most two holders: with this many frames pending, the tail is not reached.
+        if self.pending as usize >= 2 * self.leased as usize {
+            return false;
+        }
+        let mut working = std::collections::HashSet::new();
+        let mut ahead = false;
+        for holder in self.leases.values().flatten() {
+            working.insert(&holder.peer);
+            ahead |= holder.peer == *peer && !holder.rendered;
+        }
+        ahead && (self.pending as usize) < working.len()
+    }
+
     pub(super) fn total(&self) -> u32 {
         self.frames.len() as u32
     }

@@ -186,7 +186,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     /// Leases up to `slots` frames to `peer`: highest-priority, oldest job first, lowest frame first, skipping
-    /// suspended, failed and finished jobs, jobs that blocklist the peer and frames it failed. Slots left over when
+    /// suspended, failed and finished jobs, jobs that blocklist the peer and frames it failed, and jobs in their last
+    /// frames when the peer already holds one it has not rendered (`Job::holds_back_from`). Slots left over when
     /// nothing is pending for this peer go to backup copies: per job in service order, the frame out the longest, if
     /// out for at least `backup_after`, held by one peer that is not this one and not already uploading.
     pub fn claim(&mut self, peer: &P, slots: u32, now: Instant) -> Vec<Grant> {
@@ -198,7 +199,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Scheduler<P> {
             if grants.len() >= want {
                 return grants;
             }
-            if !able || !job.serves(peer, max_peer_failures) || job.pending == 0 {
+            if !able || !job.serves(peer, max_peer_failures) || job.pending == 0 || job.holds_back_from(peer) {
                 continue;
             }
             for frame in job.take_pending(peer, want - grants.len(), now) {

@@ -111,8 +111,9 @@ fn peer_gone_requeues_its_frames() {
             Upsert(desc("k", 1, 1, 0, 1), &[], JobChange::Added, &[]),
             Claim("a", 2, 0, &[("j", 1), ("j", 2)]),
             Claim("b", 1, 0, &[("j", 3)]),
-            Claim("a", 2, 0, &[("j", 4), ("k", 1)]),
-            Gone("a", &[("j", 1), ("j", 2), ("j", 4), ("k", 1)]),
+            // j's last frame waits for a peer with nothing to render (a holds two unrendered): a gets k's only.
+            Claim("a", 2, 0, &[("k", 1)]),
+            Gone("a", &[("j", 1), ("j", 2), ("k", 1)]),
             Status("j", Some(st(4, 0, 1, 3))),
             Claim("c", 5, 1, &[("j", 1), ("j", 2), ("j", 4), ("k", 1)]),
             Gone("x", &[]),

@@ -244,3 +244,45 @@ fn an_upload_that_never_arrives_stops_being_renewed_and_the_frame_moves_on() {
     // The slow upload is still welcome if it arrives first.
     assert_eq!(s.rendered(&"a", "j", 1, blend(1)), Verdict::Accept);
 }
+
+#[test]
+fn the_last_frames_go_to_peers_with_nothing_to_render() {
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 6, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Claim("b", 1, 0, &[("j", 2)]),
+            // Four pending, two peers working: claiming ahead is fine.
+            Claim("a", 1, 0, &[("j", 3)]),
+            Claim("b", 1, 0, &[("j", 4)]),
+            // Two pending, two peers working: still fine.
+            Claim("a", 1, 0, &[("j", 5)]),
+            // One pending, two working, and b holds frame 4 unrendered: the last frame waits for an idle peer.
+            Claim("b", 1, 0, &[]),
+            Claim("c", 1, 0, &[("j", 6)]),
+            Status("j", Some(st(6, 0, 6, 0))),
+        ],
+    );
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 3, 0, 0), &[], JobChange::Added, &[]),
+            Claim("a", 1, 0, &[("j", 1)]),
+            Claim("b", 1, 0, &[("j", 2)]),
+            // a holds frame 1 unrendered: held back; once it reports frame 1 rendered it holds nothing to render.
+            Claim("a", 1, 0, &[]),
+            Rendered("a", "j", 1, Verdict::Accept),
+            Claim("a", 1, 0, &[("j", 3)]),
+        ],
+    );
+    run(
+        SchedulerConfig::default(),
+        vec![
+            Upsert(desc("j", 1, 2, 0, 0), &[], JobChange::Added, &[]),
+            // A lone volunteer is never held back: nobody else would take the frame.
+            Claim("a", 1, 0, &[("j", 1)]),
+            Claim("a", 1, 0, &[("j", 2)]),
+        ],
+    );
+}
