@@ -34,8 +34,12 @@ fn main() -> std::process::ExitCode {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Logs go to stderr: stdout carries the host's join line, which scripts read.
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().with_writer(std::io::stderr).init();
+    // Logs go to stderr: stdout carries the host's join line, which scripts read. A thread of their own writes them,
+    // so a stderr that blocks (a file on a disk busy writing back) never holds up the event loops: lines beyond what
+    // it buffers are dropped instead. They are flushed at exit, and before a relaunch (`update::relaunch`).
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    blenderdist::update::keep_log_writer(guard);
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().with_writer(writer).init();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -77,6 +81,9 @@ fn main() -> std::process::ExitCode {
             Command::Generate(_) => Ok(()),
         }
     });
+    // Every queued log line is out before the last word.
+    drop(runtime);
+    blenderdist::update::flush_log();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -49,9 +49,24 @@ pub fn run_self_check() -> Result<String, String> {
     ))
 }
 
+/// The program's log writer thread (`main.rs`), flushed and stopped by dropping its guard.
+static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = std::sync::Mutex::new(None);
+
+/// Holds the log writer's guard until [`flush_log`] (at exit) or a relaunch.
+pub fn keep_log_writer(guard: tracing_appender::non_blocking::WorkerGuard) {
+    *LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+}
+
+/// Writes out every queued log line and stops the log writer thread; later lines are lost.
+pub fn flush_log() {
+    drop(LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()).take());
+}
+
 /// Replaces this process with `program`, given the same arguments. Returns only if that fails.
 pub fn relaunch(program: &Path) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     tracing::info!("relaunching as {}", program.display());
+    // The log lines still queued are written before this process image goes.
+    flush_log();
     std::process::Command::new(program).args(std::env::args_os().skip(1)).exec()
 }
