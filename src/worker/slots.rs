@@ -13,6 +13,8 @@ use tracing::{debug, info, warn};
 use super::{blender::Renderer, frame, leases::Leases};
 use crate::protocol::{FrameGrant, WorkRequest, WorkResponse, PROTOCOL_VERSION};
 
+/// Frames one slot may have on their way to owners while it renders the next.
+const UPLOADS_IN_FLIGHT: usize = 2;
 /// How long an idle volunteer waits for an offer before asking again anyway.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
@@ -33,8 +35,8 @@ pub(super) async fn slot_loop<R: Renderer>(
     mut signals: Signals,
 ) -> anyhow::Result<()> {
     let mut next: Option<Prepared> = None;
-    // The previous frame's upload, which runs while this slot renders the next frame.
-    let mut delivering: Option<tokio::task::JoinHandle<()>> = None;
+    // The previous frames' uploads, which run while this slot renders the next frame.
+    let mut delivering: std::collections::VecDeque<tokio::task::JoinHandle<()>> = Default::default();
     // The frame the previous frame's delivery claimed, when the host granted one.
     let mut handed: Option<oneshot::Receiver<(PeerId, FrameGrant)>> = None;
     loop {
@@ -45,7 +47,7 @@ pub(super) async fn slot_loop<R: Renderer>(
                 None => match wait_for_grant(&slot, &leases, &mut signals).await {
                     Some(prepared) => prepared,
                     None => {
-                        if let Some(previous) = delivering.take() {
+                        for previous in delivering {
                             let _ = previous.await;
                         }
                         return Ok(());
@@ -68,9 +70,12 @@ pub(super) async fn slot_loop<R: Renderer>(
         let done_here = slot.delivered.load(std::sync::atomic::Ordering::Relaxed);
         info!("rendering frame {} of {} ({done_here} frames done here)", grant.frame, grant.job);
         let outcome = slot.render_granted(&grant, project, &recalled, &dir).await;
-        // One upload in flight per slot: a slow link slows the slot down instead of piling up frames.
-        if let Some(previous) = delivering.take() {
-            let _ = previous.await;
+        // A few uploads in flight per slot, so the owner's disk does not pace the renders, but no more: a slow link
+        // slows the slot down instead of piling up frames.
+        while delivering.len() >= UPLOADS_IN_FLIGHT {
+            if let Some(previous) = delivering.pop_front() {
+                let _ = previous.await;
+            }
         }
         let (delivery_slot, delivery_leases) = (slot.clone(), leases.clone());
         // A draining volunteer takes no new frame, so its deliveries claim none.
@@ -81,7 +86,7 @@ pub(super) async fn slot_loop<R: Renderer>(
             handed = Some(receiver);
             Some(handover)
         };
-        delivering = Some(tokio::spawn(async move {
+        delivering.push_back(tokio::spawn(async move {
             delivery_slot.report(host, &grant, outcome, &dir, handover).await;
             delivery_leases.release(lease);
         }));
