@@ -237,9 +237,10 @@ pub(super) fn refusal(error_text: &str, ours: Option<&SwarmKey>) -> Option<&'sta
     match ours {
         // Without a key, our first bytes are plain protocol negotiation; a private node reads them as its nonce and
         // closes when they fail its key check, so the secure handshake that follows fails (with a reset, or on the
-        // garbage that came first). An open blenderdist node never fails it.
+        // garbage that came first). An open node fails it only when it closes connections still in their handshake
+        // because too many are (hundreds of volunteers starting at once): the dialler tries again by itself.
         None if error_text.to_lowercase().contains("handshake failed") => Some(
-            "the host refused the connection: this farm is private; ask its owner for the join line with --swarm-key",
+            "the host refused the connection: this farm is private; ask its owner for the join line with --swarm-key              (unless the farm is open and the host too busy with other volunteers' handshakes: then this one tries              again)",
         ),
         None => None,
         Some(_) if has(&KeyHandshakeError::Mismatch.to_string()) => Some(
