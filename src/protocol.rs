@@ -10,7 +10,6 @@
 
 use std::fmt;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,12 +20,14 @@ mod limits;
 mod manifest;
 mod names;
 mod status;
+mod wire;
 pub use chunks::*;
 pub use deliver::*;
 pub use limits::*;
 pub use manifest::*;
 pub use names::*;
 pub use status::*;
+pub use wire::*;
 
 /// Version of the whole blenderdist protocol; peers with another version refuse each other.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -260,100 +261,6 @@ pub enum BlobReply {
     Refused { reason: String },
 }
 
-/// Errors reading or writing the framed headers of a blob stream.
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("header of {0} bytes is over the {MAX_BLOB_HEADER}-byte limit")]
-    TooLarge(u32),
-    #[error("undecodable header: {0}")]
-    Decode(String),
-    #[error("unencodable header: {0}")]
-    Encode(String),
-}
-
-/// Writes a header as a 4-byte big-endian length and CBOR.
-pub async fn write_header<W, T>(io: &mut W, value: &T) -> Result<(), WireError>
-where
-    W: AsyncWrite + Unpin,
-    T: Serialize,
-{
-    write_header_max(io, value, MAX_BLOB_HEADER).await
-}
-
-/// [`write_header`] with another size limit (the update manifest is larger than a blob header).
-pub async fn write_header_max<W, T>(io: &mut W, value: &T, max: u32) -> Result<(), WireError>
-where
-    W: AsyncWrite + Unpin,
-    T: Serialize,
-{
-    let bytes = cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| WireError::Encode(e.to_string()))?;
-    let len = u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge(u32::MAX))?;
-    if len > max {
-        return Err(WireError::TooLarge(len));
-    }
-    // One write: on a libp2p stream each write is a frame of its own on the wire.
-    let mut framed = Vec::with_capacity(4 + bytes.len());
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(&bytes);
-    io.write_all(&framed).await?;
-    io.flush().await?;
-    Ok(())
-}
-
-/// Reads a header written by [`write_header`], refusing anything over [`MAX_BLOB_HEADER`].
-pub async fn read_header<R, T>(io: &mut R) -> Result<T, WireError>
-where
-    R: AsyncRead + Unpin,
-    T: for<'de> Deserialize<'de>,
-{
-    read_header_max(io, MAX_BLOB_HEADER).await
-}
-
-/// [`read_header`] with another size limit.
-pub async fn read_header_max<R, T>(io: &mut R, max: u32) -> Result<T, WireError>
-where
-    R: AsyncRead + Unpin,
-    T: for<'de> Deserialize<'de>,
-{
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len);
-    if len > max {
-        return Err(WireError::TooLarge(len));
-    }
-    let mut buf = vec![0u8; len as usize];
-    io.read_exact(&mut buf).await?;
-    cbor4ii::serde::from_slice(&buf).map_err(|e| WireError::Decode(e.to_string()))
-}
-
-/// Encodes an offer for gossipsub.
-pub fn encode_offer(offer: &JobOffer) -> Result<Vec<u8>, WireError> {
-    cbor4ii::serde::to_vec(Vec::new(), offer).map_err(|e| WireError::Encode(e.to_string()))
-}
-
-/// Decodes an offer from gossipsub, refusing oversized ones.
-pub fn decode_offer(bytes: &[u8]) -> Result<JobOffer, WireError> {
-    if bytes.len() > MAX_OFFER {
-        return Err(WireError::TooLarge(bytes.len() as u32));
-    }
-    cbor4ii::serde::from_slice(bytes).map_err(|e| WireError::Decode(e.to_string()))
-}
-
-/// Encodes any wire value as CBOR.
-pub fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
-    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| WireError::Encode(e.to_string()))
-}
-
-/// Decodes a CBOR wire value, refusing more than `max` bytes.
-pub fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, WireError> {
-    if bytes.len() > max {
-        return Err(WireError::TooLarge(u32::try_from(bytes.len()).unwrap_or(u32::MAX)));
-    }
-    cbor4ii::serde::from_slice(bytes).map_err(|e| WireError::Decode(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,7 +276,7 @@ mod tests {
         let mut huge = (MAX_BLOB_HEADER + 1).to_be_bytes().to_vec();
         huge.extend([0u8; 16]);
         let err = read_header::<_, BlobRequest>(&mut huge.as_slice()).await.unwrap_err();
-        assert!(matches!(err, WireError::TooLarge(_)), "{err}");
+        assert!(matches!(err, WireError::TooLarge { .. }), "{err}");
 
         let junk = [0u8, 0, 0, 3, 0xff, 0xff, 0xff];
         let err = read_header::<_, BlobRequest>(&mut &junk[..]).await.unwrap_err();
