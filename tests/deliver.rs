@@ -60,11 +60,7 @@ fn granted(reply: &DeliveryReply) -> Vec<FrameGrant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_delivery_stores_its_frame_and_brings_the_next_grant() {
-    let dirs = Dirs::new();
-    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
-    let (host, _stop_host) = start_host(&dirs).await;
-    write_job(&dirs.jobdir, "j", "scene.blend", 1, 3);
-    let (client, _events) = raw_peer(&host.addrs[0]);
+    let HostAndPeer { dirs, host, stop: _stop_host, client, events: _events } = host_and_peer(1, 3).await;
     let mut grant = claim_one_frame(&client, host.peer_id).await.expect("a first grant");
     let mut delivered = Vec::new();
     for round in 0..3 {
@@ -94,11 +90,7 @@ async fn each_delivery_stores_its_frame_and_brings_the_next_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_the_host_did_not_ask_for_write_nothing() {
-    let dirs = Dirs::new();
-    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
-    let (host, _stop_host) = start_host(&dirs).await;
-    write_job(&dirs.jobdir, "j", "scene.blend", 1, 2);
-    let (client, _events) = raw_peer(&host.addrs[0]);
+    let HostAndPeer { dirs, host, stop: _stop_host, client, events: _events } = host_and_peer(1, 2).await;
     let grant = claim_one_frame(&client, host.peer_id).await.expect("a grant");
     let bytes = FakeRenderer::content("delivered", grant.frame);
 

@@ -53,11 +53,7 @@ async fn junk_bytes_and_half_open_connections_do_not_stop_the_host_or_the_job() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_results_and_unasked_uploads_are_refused() {
-    let dirs = Dirs::new();
-    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
-    let (host, _stop_host) = start_host(&dirs).await;
-    write_job(&dirs.jobdir, "j", "scene.blend", 1, 3);
-    let (client, _events) = raw_peer(&host.addrs[0]);
+    let HostAndPeer { dirs, host, stop: _stop_host, client, events: _events } = host_and_peer(1, 3).await;
     let host_id = host.peer_id;
     // Wait for the connection and for the job to be known.
     let mut connected = false;

@@ -39,11 +39,7 @@ fn job_log(dirs: &Dirs, name: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_report_reaches_the_job_log_as_one_escaped_line() {
-    let dirs = Dirs::new();
-    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
-    let (host, _stop_host) = start_host(&dirs).await;
-    write_job(&dirs.jobdir, "j", "scene.blend", 1, 3);
-    let (client, _events) = raw_peer(&host.addrs[0]);
+    let HostAndPeer { dirs, host, stop: _stop_host, client, events: _events } = host_and_peer(1, 3).await;
     let grant = claim_one_frame(&client, host.peer_id).await.expect("no grant");
     let error = "Blender crashed\nfinished: 12 frames\r\n\u{1b}[2J\u{202e}".to_string() + &"x".repeat(20_000);
     let report = WorkRequest::Failed { job: "j".into(), frame: grant.frame, blend: grant.blend, error };

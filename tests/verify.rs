@@ -126,11 +126,7 @@ fn a_cheating_volunteer_is_caught_banned_and_its_frames_rendered_again() {
 /// nothing lands in the render folder, the job log says why, and the frame is rendered by someone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_and_empty_frames_are_refused_and_rendered_elsewhere() {
-    let dirs = Dirs::new();
-    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
-    let (host, _stop_host) = start_host(&dirs).await;
-    write_job(&dirs.jobdir, "j", "scene.blend", 1, 2);
-    let (client, _events) = raw_peer(&host.addrs[0]);
+    let HostAndPeer { dirs, host, stop: _stop_host, client, events: _events } = host_and_peer(1, 2).await;
     let host_id: PeerId = host.peer_id;
     let good = blenderdist::worker::fake::FakeRenderer::content(&BlobHash::of_bytes(b"blend").to_hex(), 1);
     for junk in [good[..good.len() / 2].to_vec(), b"GIF89a not a png".to_vec()] {

@@ -312,6 +312,25 @@ pub fn raw_peer(
     .unwrap()
 }
 
+/// A host whose JOBDIR holds `scene.blend` (the bytes `blend`) and job `j` of frames `first..=last`, and a raw peer
+/// dialling it: how every test of what the host makes of one peer's messages begins. `stop` keeps the host running.
+pub struct HostAndPeer {
+    pub dirs: Dirs,
+    pub host: RunningHost,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub client: blenderdist::net::Client,
+    pub events: tokio::sync::mpsc::Receiver<blenderdist::net::NetEvent>,
+}
+
+pub async fn host_and_peer(first: u32, last: u32) -> HostAndPeer {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"blend").unwrap();
+    let (host, stop) = start_host(&dirs).await;
+    write_job(&dirs.jobdir, "j", "scene.blend", first, last);
+    let (client, events) = raw_peer(&host.addrs[0]);
+    HostAndPeer { dirs, host, stop, client, events }
+}
+
 /// Claims one frame from `host`, retrying while the connection and the job come up.
 pub async fn claim_one_frame(
     client: &blenderdist::net::Client,
