@@ -6,7 +6,7 @@ use std::{io::Write, time::Duration};
 use blenderdist::{
     protocol::{
         read_header, write_header, BlobHash, BlobReply, BlobRequest, ExtraOutput, WorkRequest, WorkResponse,
-        BLOB_PROTOCOL, PROTOCOL_VERSION,
+        BLOB_PROTOCOL, CHUNK_PROTOCOL, DELIVER_PROTOCOL, PROTOCOL_VERSION,
     },
     worker::fake::FakeRenderer,
 };
@@ -187,4 +187,41 @@ async fn a_frame_rendered_from_a_jobs_old_blend_is_discarded() {
     assert_eq!(client.request(host.peer_id, stale).await.unwrap(), WorkResponse::Discard);
     let renew = WorkRequest::Renew { job: "j".into(), frame: 1, blend: old };
     assert_eq!(client.request(host.peer_id, renew).await.unwrap(), WorkResponse::Discard);
+}
+
+/// A volunteer drops the streams of requests it no longer needs, hundreds at a time with a job of many files (the
+/// project benchmark's volunteer was banned for it): a stream closed before its first header is no strike. Junk
+/// headers still are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_closed_before_their_header_are_no_strike_but_junk_is() {
+    let HostAndPeer { dirs: _dirs, host, stop: _stop_host, client, events: _events } = host_and_peer(1, 3).await;
+    let host_id = host.peer_id;
+    let grant = claim_one_frame(&client, host_id).await.expect("a grant");
+    let mut control = client.streams();
+    // Far more than the 20 strikes a peer may cause, on every raw-stream protocol the owner serves.
+    for protocol in [BLOB_PROTOCOL, CHUNK_PROTOCOL, DELIVER_PROTOCOL] {
+        for _ in 0..40 {
+            let mut stream = control.open_stream(host_id, protocol.clone()).await.unwrap();
+            stream.close().await.unwrap();
+        }
+    }
+    // Still served: the frame's renewal is answered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let renew = WorkRequest::Renew { job: grant.job.clone(), frame: grant.frame, blend: grant.blend };
+    assert_eq!(client.request(host_id, renew.clone()).await.unwrap(), WorkResponse::Noted);
+    // Junk first headers are strikes: enough of them get the peer banned.
+    for _ in 0..40 {
+        let Ok(mut stream) = control.open_stream(host_id, BLOB_PROTOCOL).await else { break };
+        let _ = stream.write_all(b"\x00\x00\x00\x08garbage!").await;
+        let _ = stream.close().await;
+    }
+    let banned = async {
+        loop {
+            if client.request(host_id, renew.clone()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, banned).await.expect("junk headers never got the peer banned");
 }

@@ -267,15 +267,23 @@ impl PeerBudgets {
     }
 
     /// Reads the first header of a stream `peer` opened (at most `max` bytes), within [`FIRST_HEADER_TIMEOUT`]; junk
-    /// or silence counts as a strike against it.
+    /// or silence counts as a strike against it. A stream the peer closed or reset is no strike: an honest volunteer
+    /// drops the streams of requests it no longer needs (a chunk that arrived from elsewhere), hundreds at a time
+    /// with a job of many files, and each stream was already charged to its stream budget.
     pub async fn first_header<T: for<'de> serde::Deserialize<'de>>(
         &self,
         peer: PeerId,
         stream: &mut Stream,
         max: u32,
     ) -> anyhow::Result<T> {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
         match tokio::time::timeout(FIRST_HEADER_TIMEOUT, crate::protocol::read_header_max(stream, max)).await {
             Ok(Ok(header)) => Ok(header),
+            Ok(Err(crate::protocol::WireError::Io(e)))
+                if matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe) =>
+            {
+                Err(anyhow::anyhow!("the peer closed the stream before its first header: {e}"))
+            }
             Ok(Err(e)) => {
                 self.strike(peer);
                 Err(e.into())
