@@ -1,8 +1,9 @@
 //! The per-job log `JOBDIR/NAME.log` that an owner reads to see what happened to a job.
 //!
 //! Appending is file I/O, so the host's event loop never does it: [`JobLog::append`] stamps the line and hands it to
-//! a writer thread of its own, which appends lines in the order they were given. Failing to log never stops the
-//! farm; errors are reported in the host's own log.
+//! a writer thread of its own, which appends lines in the order they were given: every line waiting when it wakes,
+//! one open and one write per run of lines for the same job (with hundreds of volunteers, many frames a second).
+//! Failing to log never stops the farm; errors are reported in the host's own log.
 
 use std::{io::Write, path::PathBuf, sync::mpsc};
 
@@ -22,8 +23,12 @@ impl JobLog {
         std::thread::Builder::new()
             .name("blenderdist-joblog".into())
             .spawn(move || {
-                for (name, line) in queue {
-                    write_line(&jobdir, &name, &line);
+                while let Ok(first) = queue.recv() {
+                    let waiting: Vec<(String, String)> = std::iter::once(first).chain(queue.try_iter()).collect();
+                    for run in waiting.chunk_by(|a, b| a.0 == b.0) {
+                        let text: String = run.iter().map(|(_, line)| format!("{line}\n")).collect();
+                        write_lines(&jobdir, &run[0].0, &text);
+                    }
                 }
             })
             .map_err(|e| warn!("cannot start the job log writer: {e}"))
@@ -37,10 +42,14 @@ impl JobLog {
     }
 }
 
-fn write_line(jobdir: &std::path::Path, name: &str, line: &str) {
+/// Appends `text` (whole lines) to `JOBDIR/NAME.log` in one write.
+fn write_lines(jobdir: &std::path::Path, name: &str, text: &str) {
     let path = jobdir.join(format!("{name}.log"));
-    let result =
-        std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
     if let Err(e) = result {
         warn!("cannot write {}: {e}", path.display());
     }
