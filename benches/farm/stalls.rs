@@ -7,9 +7,12 @@
 //! the scheduler), and records each round trip. Baseline: 3 s (2 s with --quick) of that with the volunteers storing
 //! frames. Then a 4 GiB sparse .blend and its job file are written, with `NAME.job.suspend` beside it so that nobody
 //! fetches it, and the probe goes on until the job log says `accepted:` (the host has hashed the file) and 1 s more.
-//! The figure is the longest round trip of a request sent in that phase: the loop answered nothing for about that
-//! long (a round trip also holds both network tasks and this process's scheduling, so it is an upper bound).
-//! Goal ≤ 50 ms. The notes add the longest gap between answers, the 99th percentile and the frames stored per second.
+//! The figure is the longest the host's loop went without polling its events in that phase, as the loop measures it
+//! itself (`host::pulse`, turned on by `BLENDERDIST_LOOP_PULSE`: a pulse every 5 ms, the worst lateness logged every
+//! 250 ms). Goal ≤ 50 ms. A second row gives the longest round trip of a request sent in that phase, seen from
+//! outside: it also holds both network tasks and this process's scheduling, so it is an upper bound (the probe's
+//! own thread went without a core for up to 137 ms when the hash took one of the two). The notes add the longest gap
+//! between answers, the 99th percentile and the frames stored per second.
 
 use std::{
     sync::{
@@ -51,6 +54,9 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
 
     let mut command = std::process::Command::new(&opts.bin);
     command.arg("host").arg(&jobdir).arg(&renderdir).args(["--listen", "127.0.0.1:0", "--no-mdns"]);
+    command.env(blenderdist::host::pulse::LOOP_PULSE_ENV, "1");
+    let host_log = dir.path().join("host.log");
+    let log_len = || std::fs::metadata(&host_log).map(|m| m.len()).unwrap_or(0);
     command.stdout(std::process::Stdio::piped()).stderr(std::fs::File::create(dir.path().join("host.log"))?);
     let mut host = Proc::spawn(command)?;
     let addr = procs::join_address(&mut host, &dir.path().join("host.out"))?;
@@ -104,10 +110,10 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
 
     // Baseline: the volunteers storing frames, nothing being hashed.
     let probe = Probe::start(addr.clone(), host_peer, Duration::from_secs(150))?;
-    let t_base = Instant::now();
+    let (t_base, log_base) = (Instant::now(), log_len());
     let frames_base = frames_in();
     tokio::time::sleep(baseline_for).await;
-    let (t_big, frames_big) = (Instant::now(), frames_in());
+    let (t_big, frames_big, log_big) = (Instant::now(), frames_in(), log_len());
 
     // The big .blend: suspended before its job file appears, so no volunteer fetches it.
     let mut big_log = LogTail::new(jobdir.join("big.log"));
@@ -123,6 +129,9 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (t_end, frames_end) = (Instant::now(), frames_in());
     let samples = probe.finish()?;
+    // The pulse report covering the phase's last moments reaches the log.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let log_end = log_len();
     if matches!(host.child.try_wait(), Ok(Some(_))) {
         bail!("the host exited during the benchmark; see its log");
     }
@@ -132,13 +141,25 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let base = Phase::of(&samples, t_base, t_big);
     let big = Phase::of(&samples, t_big, t_end);
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    let (pulse_base, pulse_big) = (worst_pulse(&host_log, log_base, log_big), worst_pulse(&host_log, log_big, log_end));
+    let (Some(pulse_base), Some(pulse_big)) = (pulse_base, pulse_big) else {
+        bail!("the host logged no `loop pulse:` lines; see {}", host_log.display());
+    };
     row(
-        "Stalls: longest round trip to the host's loop, 4 GiB .blend hashed while frames are stored",
+        "Stalls: longest the host's loop went without polling (its own pulse), 4 GiB .blend hashed while frames are stored",
+        &ms(pulse_big),
+        &format!("{} (frames stored only)", ms(pulse_base)),
+        &format!("{:.2}", pulse_big.as_secs_f64() / pulse_base.as_secs_f64().max(1e-6)),
+        &format!("≤ {}", ms(GOAL)),
+        common::yes_no(pulse_big <= GOAL),
+    );
+    row(
+        "Stalls: longest round trip to the host's loop, seen from outside (an upper bound), same phase",
         &ms(big.max),
         &format!("{} (frames stored only)", ms(base.max)),
         &format!("{:.2}", big.max.as_secs_f64() / base.max.as_secs_f64().max(1e-6)),
-        &format!("≤ {}", ms(GOAL)),
-        common::yes_no(big.max <= GOAL),
+        "(comparison)",
+        "-",
     );
     let rate = |frames: usize, from: Instant, to: Instant| frames as f64 / (to - from).as_secs_f64();
     note(&format!(
@@ -306,4 +327,16 @@ async fn probe(
     let _ = tokio::time::timeout(Duration::from_secs(35), async { while tasks.join_next().await.is_some() {} }).await;
     let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(samples)
+}
+
+/// The worst lateness in the host's `loop pulse:` lines between two offsets of its log (the pulse's reports; see
+/// `host::pulse`). `None` when there is none.
+fn worst_pulse(log: &std::path::Path, from: u64, to: u64) -> Option<Duration> {
+    let bytes = std::fs::read(log).ok()?;
+    let (from, to) = (usize::try_from(from).ok()?, usize::try_from(to).ok()?.min(bytes.len()));
+    let text = String::from_utf8_lossy(bytes.get(from..to)?);
+    text.lines()
+        .filter_map(|line| line.split("loop pulse: longest lateness ").nth(1)?.split(' ').next()?.parse::<f64>().ok())
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .max()
 }

@@ -20,6 +20,7 @@ mod jobs;
 mod limited;
 mod owner;
 pub mod project;
+pub mod pulse;
 mod ready;
 mod requests;
 mod scan;
@@ -230,6 +231,7 @@ impl Host {
         let (scan_tx, mut scans) = mpsc::channel(1);
         let mut scan_state = ScanState::default();
         scan_state.start(&self.config.jobdir, &scan_tx);
+        let mut pulse = pulse::Pulse::from_env();
         loop {
             tokio::select! {
                 // In this order: volunteers' messages (renewals among them) are handled before the tick may expire
@@ -239,6 +241,8 @@ impl Host {
                     info!("host shutting down");
                     return Ok(());
                 }
+                // Off unless measuring: first, so its lateness is the time the loop spent away from its events.
+                scheduled = pulse.tick() => pulse.record(scheduled),
                 event = events.recv() => match event {
                     Some(event) => self.on_net_event(event).await,
                     None => anyhow::bail!("the network task stopped; the host can no longer hear volunteers"),
