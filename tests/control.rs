@@ -77,6 +77,12 @@ async fn higher_priority_renders_first_then_older_jobs_first() {
         file.set_modified(base + Duration::from_secs(i as u64)).unwrap();
     }
     let (host, _stop) = start_host(&dirs).await;
+    // Jobs are prepared in the background, each in its own time: a volunteer that came before the urgent job was
+    // known would rightly get a frame of another. The order is the subject here, so the volunteer comes after all three.
+    wait_until("all three jobs accepted", LIMIT, || {
+        ["old", "new", "urgent"].iter().all(|name| log_of(&dirs, name).contains("accepted:"))
+    })
+    .await;
     let renderer = fake(20);
     let (_w, _sw) = start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), renderer.clone());
     wait_until("all three jobs", LIMIT, || renderer.frames().len() == 12).await;
