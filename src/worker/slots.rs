@@ -13,10 +13,6 @@ use tracing::{debug, info, warn};
 use super::{blender::Renderer, frame, leases::Leases};
 use crate::protocol::{FrameGrant, WorkRequest, WorkResponse, PROTOCOL_VERSION};
 
-/// Frames one slot may have on their way to owners while it renders the next. Two sped the 200-volunteer benchmark
-/// up by 2 % but ran File Output uploads of two frames at once, and a File Output test timed out once under load in
-/// CI with it (cause not found): one, as before.
-const UPLOADS_IN_FLIGHT: usize = 1;
 /// How long an idle volunteer waits for an offer before asking again anyway.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
@@ -37,8 +33,8 @@ pub(super) async fn slot_loop<R: Renderer>(
     mut signals: Signals,
 ) -> anyhow::Result<()> {
     let mut next: Option<Prepared> = None;
-    // The previous frames' uploads, which run while this slot renders the next frame.
-    let mut delivering: std::collections::VecDeque<tokio::task::JoinHandle<()>> = Default::default();
+    // The previous frame's upload, which runs while this slot renders the next frame.
+    let mut delivering: Option<tokio::task::JoinHandle<()>> = None;
     // The frame the previous frame's delivery claimed, when the host granted one.
     let mut handed: Option<oneshot::Receiver<(PeerId, FrameGrant)>> = None;
     loop {
@@ -49,7 +45,7 @@ pub(super) async fn slot_loop<R: Renderer>(
                 None => match wait_for_grant(&slot, &leases, &mut signals).await {
                     Some(prepared) => prepared,
                     None => {
-                        for previous in delivering {
+                        if let Some(previous) = delivering.take() {
                             let _ = previous.await;
                         }
                         return Ok(());
@@ -72,11 +68,10 @@ pub(super) async fn slot_loop<R: Renderer>(
         let done_here = slot.delivered.load(std::sync::atomic::Ordering::Relaxed);
         info!("rendering frame {} of {} ({done_here} frames done here)", grant.frame, grant.job);
         let outcome = slot.render_granted(&grant, project, &recalled, &dir).await;
-        // At most UPLOADS_IN_FLIGHT uploads per slot: a slow link slows the slot down instead of piling up frames.
-        while delivering.len() >= UPLOADS_IN_FLIGHT {
-            if let Some(previous) = delivering.pop_front() {
-                let _ = previous.await;
-            }
+        // One upload in flight per slot: a slow link slows the slot down instead of piling up frames (two were tried:
+        // 2 % faster with 200 volunteers, but File Output uploads of two frames at once timed out once in CI).
+        if let Some(previous) = delivering.take() {
+            let _ = previous.await;
         }
         let (delivery_slot, delivery_leases) = (slot.clone(), leases.clone());
         // A draining volunteer takes no new frame, so its deliveries claim none.
@@ -87,7 +82,7 @@ pub(super) async fn slot_loop<R: Renderer>(
             handed = Some(receiver);
             Some(handover)
         };
-        delivering.push_back(tokio::spawn(async move {
+        delivering = Some(tokio::spawn(async move {
             delivery_slot.report(host, &grant, outcome, &dir, handover).await;
             delivery_leases.release(lease);
         }));
