@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -21,13 +21,14 @@ use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::check::{self, FrameProblem};
 use crate::{
     net::{self, Client, PeerBudgets},
     protocol::{
         write_header, write_header_max, BlobHash, BlobReply, BlobRequest, SignedManifest, UpdateRequest, WorkRequest,
         WorkResponse, BLOB_PROTOCOL, DELIVER_PROTOCOL, MAX_MANIFEST, UPDATE_PROTOCOL,
     },
-    store::blobs::{receive_verified, send_file, BlobError},
+    store::blobs::{receive_verified_then, send_file, BlobError},
 };
 
 /// The refusal a peer without a lease gets when it asks for a job's file.
@@ -58,6 +59,8 @@ pub struct ExpectedUpload {
     pub size: u64,
     /// The .blend the frame was rendered from; a frame of a job's older .blend is never stored.
     pub blend: BlobHash,
+    /// The size in pixels the job renders, when the owner's Blender said; the frame's image must have it.
+    pub want: Option<(u32, u32)>,
     /// A file a File Output node wrote for the frame, with its checked name under the job's render folder; `None`
     /// for the frame itself.
     pub output: Option<String>,
@@ -71,6 +74,9 @@ pub struct FrameArrived {
     pub peer: PeerId,
     pub upload: ExpectedUpload,
     pub temp: PathBuf,
+    /// What the check of the frame's image, made as it was received, found wrong with it (File Output files and
+    /// check copies are not checked so: they are stored as they come, or compared).
+    pub problem: Option<FrameProblem>,
     /// Answered once the frame is stored (or refused), before the volunteer is told.
     pub reply: oneshot::Sender<Result<(), String>>,
 }
@@ -356,16 +362,30 @@ impl BlobServer {
         }
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let temp = self.inner.temp_dir.join(format!("{}-{n}.part", hash.short()));
-        if let Err(e) = receive_verified(stream, size, &hash, &temp).await {
-            warn!("frame {} of {} from {peer} refused: {e}", upload.frame, upload.job);
-            if matches!(e, BlobError::Recv { .. } | BlobError::SizeMismatch { .. }) {
-                // The transport failed, not the content: the volunteer may try the upload again.
-                self.expect(peer, hash, upload);
+        // A frame's image is checked in the same trip to a blocking thread as its last write, from memory when it
+        // came in one batch (see `check::check_frame_bytes`).
+        let (ext, want, frame_itself) = (upload.ext.clone(), upload.want, upload.output.is_none() && !upload.check);
+        let check = move |path: &Path, whole: Option<&[u8]>| {
+            let checked = match whole {
+                _ if !frame_itself => return None,
+                Some(bytes) => check::check_frame_bytes(bytes, &ext, want),
+                None => check::check_frame(path, &ext, want),
+            };
+            checked.err()
+        };
+        let problem = match receive_verified_then(stream, size, &hash, &temp, check).await {
+            Ok(problem) => problem,
+            Err(e) => {
+                warn!("frame {} of {} from {peer} refused: {e}", upload.frame, upload.job);
+                if matches!(e, BlobError::Recv { .. } | BlobError::SizeMismatch { .. }) {
+                    // The transport failed, not the content: the volunteer may try the upload again.
+                    self.expect(peer, hash, upload);
+                }
+                return BlobReply::Refused { reason: e.to_string() };
             }
-            return BlobReply::Refused { reason: e.to_string() };
-        }
+        };
         let (reply, answer) = oneshot::channel();
-        let arrival = FrameArrived { peer, upload, temp: temp.clone(), reply };
+        let arrival = FrameArrived { peer, upload, temp: temp.clone(), problem, reply };
         if self.inner.arrivals.send(arrival).await.is_err() {
             let _ = std::fs::remove_file(&temp);
             return BlobReply::Refused { reason: "the host is shutting down".into() };

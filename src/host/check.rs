@@ -52,17 +52,36 @@ pub struct Checked {
 
 /// Checks that `path` holds a whole image of the format `ext` names (and, when `want` is known, of that size).
 pub fn check_frame(path: &Path, ext: &str, want: Option<(u32, u32)>) -> Result<Checked, FrameProblem> {
+    let unreadable = |e: std::io::Error| FrameProblem::Unreadable(e.to_string());
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
+    let head = head(path)?;
+    let file = std::io::BufReader::new(std::fs::File::open(path).map_err(unreadable)?);
+    check_image(file, size, &head, ext, want)
+}
+
+/// [`check_frame`] of a frame's bytes in memory (a small frame just received, read no second time).
+pub fn check_frame_bytes(bytes: &[u8], ext: &str, want: Option<(u32, u32)>) -> Result<Checked, FrameProblem> {
+    let head = &bytes[..bytes.len().min(HEAD)];
+    check_image(std::io::Cursor::new(bytes), bytes.len() as u64, head, ext, want)
+}
+
+/// The check itself, of an image of `size` bytes read from `reader`, whose first bytes are `head`.
+fn check_image<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+    size: u64,
+    head: &[u8],
+    ext: &str,
+    want: Option<(u32, u32)>,
+) -> Result<Checked, FrameProblem> {
     let ext = ext.to_ascii_lowercase();
-    let size = std::fs::metadata(path).map_err(|e| FrameProblem::Unreadable(e.to_string()))?.len();
     if size == 0 {
         return Err(FrameProblem::Empty);
     }
     let Some(format) = ImageFormat::from_extension(&ext).filter(decodable) else {
-        check_signature(path, &ext)?;
+        check_signature(head, &ext)?;
         return Ok(Checked { width: 0, height: 0, image: None });
     };
-    let mut reader = ImageReader::open(path).map_err(|e| FrameProblem::Unreadable(e.to_string()))?;
-    match image::guess_format(&head(path)?) {
+    match image::guess_format(head) {
         // TGA has no signature: the content says nothing, so the extension stands.
         Err(_) if format == ImageFormat::Tga => {}
         Ok(found) if found == format => {}
@@ -71,7 +90,7 @@ pub fn check_frame(path: &Path, ext: &str, want: Option<(u32, u32)>) -> Result<C
             return Err(FrameProblem::WrongFormat { ext, found });
         }
     }
-    reader.set_format(format);
+    let mut reader = ImageReader::with_format(reader, format);
     reader.no_limits();
     let undecodable = |e: image::ImageError| FrameProblem::Undecodable { ext: ext.clone(), reason: e.to_string() };
     let mut decoder = reader.into_decoder().map_err(undecodable)?;
@@ -104,19 +123,20 @@ fn decodable(format: &ImageFormat) -> bool {
     matches!(format, Png | Jpeg | OpenExr | Tiff | Bmp | Tga | WebP | Hdr)
 }
 
+/// How many first bytes every signature fits in.
+const HEAD: usize = 32;
+
 /// The first bytes of a file, enough for every signature.
 fn head(path: &Path) -> Result<Vec<u8>, FrameProblem> {
     use std::io::Read as _;
-    let mut head = Vec::with_capacity(32);
+    let mut head = Vec::with_capacity(HEAD);
     let file = std::fs::File::open(path).map_err(|e| FrameProblem::Unreadable(e.to_string()))?;
-    file.take(32).read_to_end(&mut head).map_err(|e| FrameProblem::Unreadable(e.to_string()))?;
+    file.take(HEAD as u64).read_to_end(&mut head).map_err(|e| FrameProblem::Unreadable(e.to_string()))?;
     Ok(head)
 }
 
 /// The first bytes of the formats Blender writes that the host does not decode.
-fn check_signature(path: &Path, ext: &str) -> Result<(), FrameProblem> {
-    let head = head(path)?;
-    let head = head.as_slice();
+fn check_signature(head: &[u8], ext: &str) -> Result<(), FrameProblem> {
     let ok = match ext {
         "jp2" => head.starts_with(&[0, 0, 0, 0x0c, b'j', b'P', b' ', b' ']),
         "j2c" => head.starts_with(&[0xff, 0x4f, 0xff, 0x51]),
@@ -230,6 +250,9 @@ mod tests {
         ];
         for (path, ext, want, expected) in table {
             let got = check_frame(path, ext, want).map(|c| (c.width, c.height)).map_err(|e| e.to_string());
+            // The same file's bytes in memory (a small frame as it arrives) get the same answer.
+            let in_memory = check_frame_bytes(&std::fs::read(path).expect("read"), ext, want);
+            assert_eq!(in_memory.map(|c| (c.width, c.height)).map_err(|e| e.to_string()), got, "{}", path.display());
             match (got, expected) {
                 (Ok(size), Ok(want)) => assert_eq!(size, want, "{}", path.display()),
                 (Err(e), Err(want)) => assert!(e.starts_with(want), "{}: {e}", path.display()),

@@ -53,7 +53,7 @@ impl Host {
     /// Starts storing every waiting frame that is still wanted, on a blocking thread.
     fn store_waiting(&mut self, stored: &mpsc::Sender<StoredBatch>) {
         let mut batch = Vec::new();
-        for FrameArrived { peer, upload, temp, reply } in std::mem::take(&mut self.frames.waiting) {
+        for FrameArrived { peer, upload, temp, reply, .. } in std::mem::take(&mut self.frames.waiting) {
             let ExpectedUpload { job, frame, blend, .. } = &upload;
             if self.verifier.is_banned(&peer) || self.scheduler.rendered(&peer, job, *frame, *blend) == Verdict::Discard
             {
@@ -112,7 +112,9 @@ impl Host {
         if let (Some(feed), Some(file)) = (&mut self.snapshots, target.file_name()) {
             feed.frame_done(job, *frame, &file.to_string_lossy(), self.tallies.name_of(&peer));
         }
-        info!("frame {frame} of {job} done by {by} in {took:.1} s: {}", target.display());
+        // The job log has every frame; the host's own log has them at debug level (thousands a second, with many
+        // volunteers, each a wake-up of the log's writer thread).
+        debug!("frame {frame} of {job} done by {by} in {took:.1} s: {}", target.display());
         self.joblog.append(job, &format!("frame {frame} done by {by} in {took:.1} s"));
         self.maybe_check(peer, job, *frame, *blend, ext);
         if let Some(status) = self.scheduler.status(job) {
@@ -133,7 +135,13 @@ fn store_batch(batch: Vec<Storing>, state: &Arc<StateStore>) -> StoredBatch {
     let mut folders = BTreeSet::new();
     for item in &batch {
         let parent = item.target.parent().map(Path::to_path_buf).unwrap_or_default();
-        let moved = std::fs::create_dir_all(&parent).and_then(|_| std::fs::rename(&item.temp, &item.target));
+        // The folder exists but for a job's first frames (or File Output folders): made only when the rename says so.
+        let moved = match std::fs::rename(&item.temp, &item.target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && item.temp.exists() => {
+                std::fs::create_dir_all(&parent).and_then(|_| std::fs::rename(&item.temp, &item.target))
+            }
+            moved => moved,
+        };
         results.push(moved.map_err(|e| {
             let _ = std::fs::remove_file(&item.temp);
             warn!("cannot write {}: {e}", item.target.display());

@@ -253,8 +253,8 @@ impl Host {
                     let _ = reply.send(answers);
                 }
                 Some(arrival) = arrivals.recv() => self.on_frame_arrived(arrival, &stored_tx),
-                // A frame was checked, a check copy compared, or a ban recorded, off the loop.
-                Some(done) = checked.recv() => self.on_check_done(done, &stored_tx),
+                // A check copy was compared, or a ban recorded, off the loop.
+                Some(done) = checked.recv() => self.on_check_done(done),
                 // May this peer fetch a job's file? Only while it holds a lease on a frame of the job.
                 Some(question) = access.recv() => self.answer_access(question),
                 // A batch of frames is durable: answer the volunteers, store the next batch.

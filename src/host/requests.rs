@@ -162,16 +162,17 @@ impl Host {
             }
         }
         let check = self.verifier.holds(&peer, &job, frame, blend);
+        let want = self.jobs.resolution(&job);
         let verdict = if check { Verdict::Accept } else { self.scheduler.rendered(&peer, &job, frame, blend) };
         match verdict {
             Verdict::Accept if check => {
                 // A check copy: compared with the stored frame, never stored; its File Output files are not needed.
-                let upload = ExpectedUpload { job, frame, ext, size, blend, output: None, check: true };
+                let upload = ExpectedUpload { job, frame, ext, size, blend, want, output: None, check: true };
                 self.blob_server.expect(peer, blob, upload);
                 WorkResponse::Upload
             }
             Verdict::Accept => {
-                let upload = ExpectedUpload { job, frame, ext, size, blend, output: None, check: false };
+                let upload = ExpectedUpload { job, frame, ext, size, blend, want, output: None, check: false };
                 for output in outputs {
                     let extra = ExpectedUpload { size: output.size, output: Some(output.name), ..upload.clone() };
                     self.blob_server.expect(peer, output.blob, extra);

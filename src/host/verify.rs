@@ -25,8 +25,6 @@ use crate::{
 
 /// Results of work done off the loop for checks and bans.
 pub enum CheckDone {
-    /// A delivered frame was decoded and checked.
-    Frame { arrival: FrameArrived, result: Result<(), FrameProblem> },
     /// A check copy was compared with the stored frame (and with the kept copy of a dissenter, if any).
     Copy { arrival: FrameArrived, result: Result<(Comparison, Difference), String> },
     /// A ban is durable; these frames of the banned volunteer were taken back.
@@ -48,43 +46,35 @@ fn dissent_path(state_dir: &Path, job: &str, frame: u32, ext: &str) -> PathBuf {
 }
 
 impl Host {
-    /// A frame (or a check copy, or a File Output file) arrived, its hash verified: check it off the loop.
+    /// A frame (or a check copy, or a File Output file) arrived, its hash verified: a frame, checked as it was
+    /// received, is stored or refused; a check copy is compared with the stored frame, off the loop.
     pub(super) fn on_frame_arrived(
         &mut self,
-        arrival: FrameArrived,
+        mut arrival: FrameArrived,
         stored: &mpsc::Sender<super::frames::StoredBatch>,
     ) {
-        let upload = &arrival.upload;
-        if upload.output.is_some() {
-            // File Output files are whatever the compositor writes; they are stored as they come.
-            return self.queue_frame(arrival, stored);
+        if !arrival.upload.check {
+            // File Output files are whatever the compositor writes, stored as they come (never checked).
+            return match arrival.problem.take() {
+                None => self.queue_frame(arrival, stored),
+                Some(problem) => self.refuse_frame(arrival, problem),
+            };
         }
-        let want = self.jobs.resolution(&upload.job);
+        let upload = &arrival.upload;
+        let want = upload.want;
         let (temp, ext) = (arrival.temp.clone(), upload.ext.clone());
         let done = self.checked_tx.clone();
-        if upload.check {
-            let stored_frame = self.target_of(upload);
-            let dissent = dissent_path(&self.config.state_dir, &upload.job, upload.frame, &upload.ext);
-            tokio::spawn(async move {
-                let compare = move || compare_copy(&temp, &ext, want, &stored_frame, &dissent);
-                let result = tokio::task::spawn_blocking(compare).await.unwrap_or_else(|e| Err(e.to_string()));
-                let _ = done.send(CheckDone::Copy { arrival, result }).await;
-            });
-        } else {
-            tokio::spawn(async move {
-                let check = move || check::check_frame(&temp, &ext, want).map(|_| ());
-                let result = tokio::task::spawn_blocking(check)
-                    .await
-                    .unwrap_or_else(|e| Err(FrameProblem::Unreadable(e.to_string())));
-                let _ = done.send(CheckDone::Frame { arrival, result }).await;
-            });
-        }
+        let stored_frame = self.target_of(upload);
+        let dissent = dissent_path(&self.config.state_dir, &upload.job, upload.frame, &upload.ext);
+        tokio::spawn(async move {
+            let compare = move || compare_copy(&temp, &ext, want, &stored_frame, &dissent);
+            let result = tokio::task::spawn_blocking(compare).await.unwrap_or_else(|e| Err(e.to_string()));
+            let _ = done.send(CheckDone::Copy { arrival, result }).await;
+        });
     }
 
-    pub(super) fn on_check_done(&mut self, done: CheckDone, stored: &mpsc::Sender<super::frames::StoredBatch>) {
+    pub(super) fn on_check_done(&mut self, done: CheckDone) {
         match done {
-            CheckDone::Frame { arrival, result: Ok(()) } => self.queue_frame(arrival, stored),
-            CheckDone::Frame { arrival, result: Err(problem) } => self.refuse_frame(arrival, problem),
             CheckDone::Copy { arrival, result } => self.on_copy_compared(arrival, result),
             CheckDone::Banned { peer, reason, redo } => self.on_banned(peer, &reason, redo),
             CheckDone::Confirmed { job, frame, blend, reason, result } => {
@@ -95,7 +85,7 @@ impl Host {
 
     /// A frame that is not what the job renders: thrown away, rendered again elsewhere, counted against its sender.
     fn refuse_frame(&mut self, arrival: FrameArrived, problem: FrameProblem) {
-        let FrameArrived { peer, upload, temp, reply } = arrival;
+        let FrameArrived { peer, upload, temp, reply, .. } = arrival;
         let ExpectedUpload { job, frame, blend, ext, .. } = &upload;
         file_chores(None, vec![temp]);
         let by = self.tallies.label(&peer);
@@ -120,7 +110,7 @@ impl Host {
     }
 
     fn on_copy_compared(&mut self, arrival: FrameArrived, result: Result<(Comparison, Difference), String>) {
-        let FrameArrived { peer, upload, temp, reply } = arrival;
+        let FrameArrived { peer, upload, temp, reply, .. } = arrival;
         let ExpectedUpload { job, frame, ext, .. } = &upload;
         // The volunteer is never told it rendered a check: it did its work either way.
         let _ = reply.send(Ok(()));

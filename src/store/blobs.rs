@@ -119,7 +119,7 @@ impl BlobStore {
         check_size(hash, size)?;
         let tmp = self.new_tmp(hash);
         let guard = TempGuard(Some(&tmp));
-        stream_into(reader, size, hash, BatchWriter::new(&tmp, true), &tmp).await?;
+        stream_into(reader, size, hash, BatchWriter::new(&tmp, true), &tmp, |_, _| ()).await?;
         let dest = self.path(hash);
         persist(&tmp, &dest).await?;
         guard.disarm();
@@ -187,11 +187,23 @@ pub async fn receive_verified<R: AsyncRead + Unpin>(
     expected: &BlobHash,
     dest_tmp: &Path,
 ) -> Result<(), BlobError> {
+    receive_verified_then(reader, size, expected, dest_tmp, |_, _| ()).await
+}
+
+/// [`receive_verified`], then `then` on the verified file in the same trip to a blocking thread as its last write
+/// and fsync: given the path and, when the file came in one batch, its bytes. The host checks a frame's image so.
+pub async fn receive_verified_then<R: AsyncRead + Unpin, T: Send + 'static>(
+    reader: &mut R,
+    size: u64,
+    expected: &BlobHash,
+    dest_tmp: &Path,
+    then: impl FnOnce(&Path, Option<&[u8]>) -> T + Send + 'static,
+) -> Result<T, BlobError> {
     check_size(expected, size)?;
     let guard = TempGuard(Some(dest_tmp));
-    stream_into(reader, size, expected, BatchWriter::new(dest_tmp, false), dest_tmp).await?;
+    let done = stream_into(reader, size, expected, BatchWriter::new(dest_tmp, false), dest_tmp, then).await?;
     guard.disarm();
-    Ok(())
+    Ok(done)
 }
 
 /// Renames `from` to `to` (same filesystem, replacing `to`) and fsyncs `to`'s directory, so that once this returns
@@ -214,17 +226,34 @@ pub async fn send_file<W: AsyncWrite + Unpin>(path: &Path, writer: &mut W) -> Re
         if n == 0 {
             break;
         }
-        match tokio::time::timeout(STALL_TIMEOUT, writer.write_all(&buf)).await {
-            Ok(written) => written.map_err(send_err(path))?,
-            Err(_) => {
-                let e = io::Error::new(io::ErrorKind::TimedOut, "the peer took no data for a minute");
-                return Err(send_err(path)(e));
-            }
-        }
+        write_within(writer, &buf, path).await?;
         sent += n as u64;
     }
     writer.flush().await.map_err(send_err(path))?;
     Ok(sent)
+}
+
+/// [`send_file`] of the file at `path` whose bytes `kept` already holds, when it does (see [`hash_file_keeping`]).
+pub async fn send_kept<W: AsyncWrite + Unpin>(
+    path: &Path,
+    kept: Option<&[u8]>,
+    writer: &mut W,
+) -> Result<u64, BlobError> {
+    let Some(bytes) = kept else { return send_file(path, writer).await };
+    write_within(writer, bytes, path).await?;
+    writer.flush().await.map_err(send_err(path))?;
+    Ok(bytes.len() as u64)
+}
+
+/// Writes `buf`, failing when the peer takes none of it for [`STALL_TIMEOUT`].
+async fn write_within<W: AsyncWrite + Unpin>(writer: &mut W, buf: &[u8], path: &Path) -> Result<(), BlobError> {
+    match tokio::time::timeout(STALL_TIMEOUT, writer.write_all(buf)).await {
+        Ok(written) => written.map_err(send_err(path)),
+        Err(_) => {
+            let e = io::Error::new(io::ErrorKind::TimedOut, "the peer took no data for a minute");
+            Err(send_err(path)(e))
+        }
+    }
 }
 
 fn send_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError {
@@ -235,6 +264,22 @@ fn send_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError {
 /// sha256 and size of a file, streamed on a blocking thread (files can be GBs; hashing them would stall the runtime).
 pub async fn hash_file(path: &Path) -> Result<(BlobHash, u64), BlobError> {
     digest_blocking(path.to_path_buf(), false).await
+}
+
+/// [`hash_file`], keeping the file's bytes when it holds at most [`disk::BATCH`] (a rendered frame about to be sent:
+/// one trip to a blocking thread and one read instead of two of each).
+pub async fn hash_file_keeping(path: &Path) -> Result<(BlobHash, u64, Option<Vec<u8>>), BlobError> {
+    let task_path = path.to_path_buf();
+    let task = tokio::task::spawn_blocking(move || {
+        let path = task_path.as_path();
+        let size = std::fs::metadata(path).map_err(io_err(path))?.len();
+        if size > disk::BATCH as u64 {
+            return digest_file(path, None, false).map(|(hash, size)| (hash, size, None));
+        }
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        Ok((BlobHash::of_bytes(&bytes), bytes.len() as u64, Some(bytes)))
+    });
+    task.await.map_err(|e| io_err(path)(io::Error::other(e)))?
 }
 
 fn check_size(hash: &BlobHash, size: u64) -> Result<(), BlobError> {
@@ -258,14 +303,16 @@ fn verify(blob: &BlobHash, expected: u64, actual: u64, hash: BlobHash) -> Result
 }
 
 /// Copies exactly `size` bytes from `reader` to `file` (written in batches of [`disk::BATCH`]), hashing them, then
-/// verifies and fsyncs the file. The shared core of every receive; the caller's guard removes `path` on error.
-async fn stream_into<R: AsyncRead + Unpin>(
+/// verifies and fsyncs the file, and runs `then` (see [`BatchWriter::finish`]). The shared core of every receive;
+/// the caller's guard removes `path` on error.
+async fn stream_into<R: AsyncRead + Unpin, T: Send + 'static>(
     reader: &mut R,
     size: u64,
     blob: &BlobHash,
     mut file: BatchWriter,
     path: &Path,
-) -> Result<(), BlobError> {
+    then: impl FnOnce(&Path, Option<&[u8]>) -> T + Send + 'static,
+) -> Result<T, BlobError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut pending = Vec::with_capacity(usize::try_from(size).map_or(disk::BATCH, |s| s.min(disk::BATCH)));
@@ -289,12 +336,11 @@ async fn stream_into<R: AsyncRead + Unpin>(
         pending.extend_from_slice(&buf[..n]);
         received += n as u64;
         if pending.len() >= disk::BATCH && received < size {
-            pending = file.write(pending, false).await.map_err(io_err(path))?;
+            pending = file.write(pending).await.map_err(io_err(path))?;
         }
     }
     verify(blob, size, received, BlobHash::from_hasher(hasher))?;
-    file.write(pending, true).await.map_err(io_err(path))?;
-    Ok(())
+    file.finish(pending, then).await.map_err(io_err(path))
 }
 
 /// [`digest_file`] on a blocking thread.

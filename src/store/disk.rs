@@ -26,25 +26,47 @@ impl BatchWriter {
         Self { path: path.to_path_buf(), create_new, file: None }
     }
 
-    /// Appends `bytes`, and fsyncs the file when `last`; gives the buffer back, emptied, for the next batch.
-    pub async fn write(&mut self, bytes: Vec<u8>, last: bool) -> io::Result<Vec<u8>> {
+    /// Appends `bytes` (a batch before the last); gives the buffer back, emptied, for the next batch.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
         let (path, create_new, file) = (self.path.clone(), self.create_new, self.file.take());
         let trip = tokio::task::spawn_blocking(move || {
-            let mut file = match file {
-                Some(file) => file,
-                None if create_new => std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?,
-                None => File::create(&path)?,
-            };
+            let mut file = open(file, &path, create_new)?;
             file.write_all(&bytes)?;
-            if last {
-                file.sync_all()?;
-            }
             Ok::<_, io::Error>((file, bytes))
         });
         let (file, mut bytes) = trip.await.map_err(io::Error::other)??;
         self.file = Some(file);
         bytes.clear();
         Ok(bytes)
+    }
+
+    /// Appends the last `bytes`, fsyncs the file, then runs `then` in the same trip to the blocking thread, with the
+    /// file's path and, when this batch was the whole file, its bytes (so a small file can be read back without a
+    /// second trip or a read).
+    pub async fn finish<T: Send + 'static>(
+        self,
+        bytes: Vec<u8>,
+        then: impl FnOnce(&Path, Option<&[u8]>) -> T + Send + 'static,
+    ) -> io::Result<T> {
+        let Self { path, create_new, file } = self;
+        let trip = tokio::task::spawn_blocking(move || {
+            let whole = file.is_none();
+            let mut file = open(file, &path, create_new)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            drop(file);
+            Ok::<_, io::Error>(then(&path, whole.then_some(bytes.as_slice())))
+        });
+        trip.await.map_err(io::Error::other)?
+    }
+}
+
+/// The file a writer's earlier batches opened, or the new file at `path`.
+fn open(file: Option<File>, path: &Path, create_new: bool) -> io::Result<File> {
+    match file {
+        Some(file) => Ok(file),
+        None if create_new => std::fs::OpenOptions::new().write(true).create_new(true).open(path),
+        None => File::create(path),
     }
 }
 
@@ -89,18 +111,21 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let path = dir.path().join(format!("{len}"));
             let mut writer = BatchWriter::new(&path, true);
-            let mut chunks = data.chunks(BATCH).peekable();
+            let mut chunks: Vec<&[u8]> = data.chunks(BATCH).collect();
+            let last = chunks.pop().unwrap_or_default().to_vec();
             let mut buf = Vec::new();
-            if chunks.peek().is_none() {
-                writer.write(buf.clone(), true).await.unwrap();
-            }
-            while let Some(chunk) = chunks.next() {
+            for chunk in &chunks {
                 buf.extend_from_slice(chunk);
-                buf = writer.write(buf, chunks.peek().is_none()).await.unwrap();
+                buf = writer.write(buf).await.unwrap();
             }
+            // `then` runs after the fsync, and has the bytes only when the last batch was the whole file.
+            let whole = writer.finish(last, |p, whole| (std::fs::read(p).unwrap(), whole.map(<[u8]>::to_vec))).await;
+            let (read_back, whole) = whole.unwrap();
+            assert_eq!(read_back, data, "{len}");
+            assert_eq!(whole.is_some(), data.len() <= BATCH, "{len}");
             assert_eq!(std::fs::read(&path).unwrap(), data, "{len}");
             // A second writer must not replace a file it was to create.
-            assert!(BatchWriter::new(&path, true).write(Vec::new(), true).await.is_err());
+            assert!(BatchWriter::new(&path, true).finish(Vec::new(), |_, _| ()).await.is_err());
 
             let mut reader = BatchReader::new(&path);
             let mut back = Vec::new();

@@ -20,12 +20,20 @@ use crate::{
         read_header_max, write_header_max, BlobHash, BlobReply, Delivery, DeliveryReply, FrameGrant, WorkResponse,
         DELIVER_PROTOCOL, MAX_DELIVERY_HEADER,
     },
-    store::blobs::send_file,
+    store::blobs::send_kept,
 };
 
 /// Where a delivery that claimed the slot's next frame hands its grant over (with the host that granted it). Dropped
 /// unused when nothing was granted: the slot then claims the usual way.
 pub(super) type Handover = oneshot::Sender<(PeerId, FrameGrant)>;
+
+/// A rendered frame on its way: its file, its format's extension, and its bytes when they were kept in memory
+/// ([`crate::store::blobs::hash_file_keeping`]).
+pub(super) struct FrameFile<'a> {
+    pub path: &'a std::path::Path,
+    pub ext: &'a str,
+    pub kept: Option<&'a [u8]>,
+}
 
 /// How a one-exchange delivery ended.
 pub(super) enum Delivered {
@@ -38,13 +46,13 @@ pub(super) enum Delivered {
 }
 
 impl<R: Renderer> Slot<R> {
-    /// Delivers a rendered frame (no File Output files) whose file is `path`, claiming the slot's next frame in the
+    /// Delivers a rendered frame (no File Output files), claiming the slot's next frame in the
     /// same exchange when `handover` is given. A retried exchange claims again only if no answer to the claim came.
     pub(super) async fn deliver_in_one(
         &self,
         host: PeerId,
         grant: &FrameGrant,
-        (path, ext): (&std::path::Path, &str),
+        FrameFile { path, ext, kept }: FrameFile<'_>,
         (blob, size): (BlobHash, u64),
         handover: Option<Handover>,
     ) -> anyhow::Result<Delivered> {
@@ -90,7 +98,7 @@ impl<R: Renderer> Slot<R> {
                     )))
                 }
             }
-            send_file(path, &mut stream).await?;
+            send_kept(path, kept, &mut stream).await?;
             stream.flush().await?;
             match reply(&mut stream, self.patience.stored).await? {
                 BlobReply::Stored => Ok(Delivered::Stored),

@@ -2,7 +2,8 @@
 //! end-to-end tests use real Blender for that.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Mutex,
@@ -21,7 +22,12 @@ pub struct FakeRenderer {
     pub rendered: Mutex<Vec<(String, u32)>>,
     active: AtomicUsize,
     peak: AtomicUsize,
+    /// Content hashes of the .blend files seen, by path and what identifies the file's version there (inode, size,
+    /// modification time): a scale test's hundreds of fakes do not read and hash the .blend for every frame.
+    hashes: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
 }
+
+type FileStamp = (u64, u64, Option<std::time::SystemTime>);
 
 impl FakeRenderer {
     pub fn new(delay: Duration) -> Self {
@@ -48,6 +54,24 @@ impl FakeRenderer {
         png
     }
 
+    /// The content hash (hex) of the .blend at `path`, read and hashed once per version of the file.
+    async fn blend_hash(&self, path: &Path) -> Result<String, RenderError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let cannot = |e: std::io::Error| RenderError::new(format!("cannot read {}: {e}", path.display()));
+        let meta = tokio::fs::metadata(path).await.map_err(cannot)?;
+        let stamp = (meta.ino(), meta.len(), meta.modified().ok());
+        let known =
+            self.hashes.lock().ok().and_then(|h| h.get(path).filter(|(s, _)| *s == stamp).map(|(_, n)| n.clone()));
+        if let Some(name) = known {
+            return Ok(name);
+        }
+        let name = crate::protocol::BlobHash::of_bytes(&tokio::fs::read(path).await.map_err(cannot)?).to_hex();
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.insert(path.to_path_buf(), (stamp, name.clone()));
+        }
+        Ok(name)
+    }
+
     /// The most frames this renderer was ever rendering at once.
     pub fn peak_concurrency(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
@@ -66,10 +90,7 @@ impl FakeRenderer {
 impl Renderer for FakeRenderer {
     async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
         // Named by the .blend's content hash, as the file is laid out under its owner's name on every version.
-        let name = match tokio::fs::read(&request.blend).await {
-            Ok(bytes) => crate::protocol::BlobHash::of_bytes(&bytes).to_hex(),
-            Err(e) => return Err(RenderError::new(format!("cannot read {}: {e}", request.blend.display()))),
-        };
+        let name = self.blend_hash(&request.blend).await?;
         if let Ok(mut v) = self.rendered.lock() {
             v.push((name.clone(), request.frame));
         }

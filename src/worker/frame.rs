@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     blender::{RenderError, RenderRequest, RenderedFrame, Renderer},
-    deliver::{Delivered, Handover},
+    deliver::{Delivered, FrameFile, Handover},
     layouts::{Layout, Layouts},
     project,
 };
@@ -24,7 +24,7 @@ use crate::{
         one_line, read_header, truncate_utf8, write_header, BlobHash, BlobReply, BlobRequest, ExtraOutput, FrameGrant,
         WorkRequest, WorkResponse, BLOB_PROTOCOL, MAX_ERROR_TEXT, MAX_LOGGED_TEXT,
     },
-    store::blobs::{hash_file, send_file, BlobError, BlobStore},
+    store::blobs::{hash_file, hash_file_keeping, send_file, BlobError, BlobStore},
 };
 
 /// Blob exchanges are tried this often: an owner busy accepting other streams drops new ones (libp2p-stream keeps
@@ -284,9 +284,9 @@ impl<R: Renderer> Slot<R> {
         rendered: RenderedFrame,
         handover: Option<Handover>,
     ) -> Result<(), String> {
-        let (blob, size) = hash_file(&rendered.path).await.map_err(|e| e.to_string())?;
+        let (blob, size, kept) = hash_file_keeping(&rendered.path).await.map_err(|e| e.to_string())?;
         if rendered.outputs.is_empty() && !self.general_path.lock().unwrap_or_else(|e| e.into_inner()).contains(&host) {
-            let file = (rendered.path.as_path(), rendered.ext.as_str());
+            let file = FrameFile { path: &rendered.path, ext: &rendered.ext, kept: kept.as_deref() };
             match self.deliver_in_one(host, grant, file, (blob, size), handover).await.map_err(|e| format!("{e:#}"))? {
                 Delivered::Stored => {
                     self.delivered_one(grant);
