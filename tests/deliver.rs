@@ -124,3 +124,33 @@ async fn deliveries_the_host_did_not_ask_for_write_nothing() {
         start_fake_worker(dirs.cache("w"), host.addrs[0].clone(), FakeRenderer::new(Duration::from_millis(5)));
     wait_until("the job", LIMIT, || files_in(&dirs.renderdir.join("j")) == frame_names(1, 2, "png")).await;
 }
+
+/// A volunteer meeting an owner without `/blenderdist/deliver/1` (an older build) learns so from the first refused
+/// stream and returns every frame the general way: notice, claim and upload apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volunteer_returns_frames_the_general_way_to_an_owner_without_deliveries() {
+    init_tracing();
+    let dirs = Dirs::new();
+    std::fs::write(dirs.jobdir.join("scene.blend"), b"an older owner's scene").unwrap();
+    let blend_name = BlobHash::of_bytes(b"an older owner's scene").to_hex();
+    let (stop_host, shutdown) = shutdown_switch();
+    let config = blenderdist::host::HostConfig { without_deliveries: true, ..dirs.host_config() };
+    let host = blenderdist::host::start(config, shutdown).await.unwrap();
+    let renderer = FakeRenderer::new(Duration::from_millis(20));
+    let (_v, _stop_v) = start_fake_worker(dirs.cache("v"), host.addrs[0].clone(), renderer);
+    write_job(&dirs.jobdir, "old", "scene.blend", 1, 6);
+
+    let out = dirs.renderdir.join("old");
+    wait_until("all 6 frames", LIMIT, || files_in(&out) == frame_names(1, 6, "png")).await;
+    for f in 1..=6 {
+        let bytes = std::fs::read(out.join(format!("{f:04}.png"))).unwrap();
+        assert_eq!(bytes, FakeRenderer::content(&blend_name, f), "frame {f}");
+    }
+    let log_path = dirs.jobdir.join("old.log");
+    wait_until("the finished line", LIMIT, || std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("finished")))
+        .await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(log.matches(" done by ").count(), 6, "{log}");
+    assert!(!log.contains("failed"), "{log}");
+    drop(stop_host);
+}

@@ -208,7 +208,7 @@ async fn two_nodes(
     let (access, _) = tokio::sync::mpsc::channel(1);
     let (work, _) = tokio::sync::mpsc::channel(1);
     let server = BlobServer::new(dir.join("host-tmp"), tx, access, work).unwrap();
-    server.spawn(&host).unwrap();
+    server.spawn(&host, true).unwrap();
     server.serve_updates(sign(&key, &manifest_for(hash, 0)).unwrap(), vec![(hash, served)]);
     let (volunteer, mut vevents) = net::spawn(NetConfig {
         keypair: libp2p::identity::Keypair::generate_ed25519(),

@@ -224,7 +224,7 @@ impl BlobPair {
         let blob_server =
             BlobServer::new(dir.join(format!("server-tmp-{}", server.peer_id())), arrivals_tx, access_tx, work_tx)?;
         blob_server.serve_job("bench", vec![(hash, src.to_path_buf())]);
-        blob_server.spawn(&server)?;
+        blob_server.spawn(&server, true)?;
 
         let (client, events) = net::spawn(NetConfig {
             keypair: Keypair::generate_ed25519(),

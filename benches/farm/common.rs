@@ -79,14 +79,19 @@ impl Opts {
         Ok(opts)
     }
 
-    /// A fresh folder under `tmp`, removed when the returned guard drops (kept, logs and all, when the environment
-    /// sets BENCH_KEEP, for looking into a failure).
+    /// A fresh folder under `tmp` (see [`Opts::temp_dir_in`]).
     pub fn temp_dir(&self, what: &str) -> anyhow::Result<tempfile::TempDir> {
-        std::fs::create_dir_all(&self.tmp).with_context(|| format!("cannot create {}", self.tmp.display()))?;
+        self.temp_dir_in(&self.tmp, what)
+    }
+
+    /// A fresh folder under `parent`, removed when the returned guard drops (kept, logs and all, when the environment
+    /// sets BENCH_KEEP, for looking into a failure).
+    pub fn temp_dir_in(&self, parent: &Path, what: &str) -> anyhow::Result<tempfile::TempDir> {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{what}-"))
             .disable_cleanup(std::env::var_os("BENCH_KEEP").is_some())
-            .tempdir_in(&self.tmp)
+            .tempdir_in(parent)
             .context("cannot make a temp folder")?;
         Ok(dir)
     }
@@ -274,6 +279,7 @@ impl Farm {
             upnp: None,
             privacy: Default::default(),
             relays: vec![],
+            without_deliveries: false,
         };
         let host = host::start(config, stop.clone().cancelled_owned()).await?;
         let addr = host.addrs[0].clone();

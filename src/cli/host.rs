@@ -92,6 +92,8 @@ impl HostArgs {
             }),
             privacy,
             relays: self.relay.iter().map(|a| relay_addr(a)).collect::<Result<_, _>>()?,
+            #[cfg(feature = "testing")]
+            without_deliveries: false,
         })
     }
 }

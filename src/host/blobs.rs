@@ -217,9 +217,9 @@ impl BlobServer {
         lock(&self.inner.expected).retain(|(p, _), _| p != peer);
     }
 
-    /// Accepts blob and update streams until the network stops. Each stream is charged to its peer's budget; one
-    /// over it is dropped unanswered (and the peer banned by the network).
-    pub fn spawn(&self, client: &Client) -> anyhow::Result<()> {
+    /// Accepts blob, update and (with `deliveries`) delivery streams until the network stops. Each stream is charged
+    /// to its peer's budget; one over it is dropped unanswered (and the peer banned by the network).
+    pub fn spawn(&self, client: &Client, deliveries: bool) -> anyhow::Result<()> {
         let server = self.clone();
         net::serve_streams(client, BLOB_PROTOCOL, "blob", move |budgets, peer, stream| {
             let server = server.clone();
@@ -230,6 +230,9 @@ impl BlobServer {
             let server = server.clone();
             async move { server.handle_update(&budgets, peer, stream).await }
         })?;
+        if !deliveries {
+            return Ok(());
+        }
         let server = self.clone();
         net::serve_streams(client, DELIVER_PROTOCOL, "delivery", move |budgets, peer, stream| {
             let server = server.clone();

@@ -87,6 +87,10 @@ pub struct HostConfig {
     /// Relays to hold a reservation on (`--relay`), each ending in `/p2p/ID`: volunteers outside the owner's network
     /// reach the host through them, then directly by hole punching.
     pub relays: Vec<Multiaddr>,
+    /// Test only: serve no `/blenderdist/deliver/1`, as owners from before it, so that tests can drive volunteers'
+    /// way back to the general path (notice, claim and upload apart).
+    #[cfg(feature = "testing")]
+    pub without_deliveries: bool,
 }
 
 /// A running host, for tests and the binary alike.

@@ -85,7 +85,11 @@ pub async fn start(
     // A delivery's notice and claim are the scheduler's to answer too: the blob server asks on `work`.
     let (work_tx, work) = mpsc::channel(64);
     let blob_server = BlobServer::new(config.renderdir.join(".blenderdist-tmp"), arrivals_tx, access_tx, work_tx)?;
-    blob_server.spawn(&client)?;
+    #[cfg(feature = "testing")]
+    let deliveries = !config.without_deliveries;
+    #[cfg(not(feature = "testing"))]
+    let deliveries = true;
+    blob_server.spawn(&client, deliveries)?;
     let chunk_server = chunks::ChunkServer::new(blob_server.clone(), keypair.clone());
     chunk_server.spawn(&client)?;
     blob_server.serve_updates(manifest.clone(), builds.into_iter().map(|(b, path)| (b.hash, path)).collect());

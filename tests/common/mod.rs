@@ -105,6 +105,7 @@ impl Dirs {
             upnp: None,
             privacy: Default::default(),
             relays: vec![],
+            without_deliveries: false,
         }
     }
 }
