@@ -26,6 +26,8 @@ mod common;
 mod dispatch;
 #[path = "farm/distribution.rs"]
 mod distribution;
+#[path = "farm/loopdisk.rs"]
+mod loopdisk;
 #[path = "farm/memory.rs"]
 mod memory;
 #[path = "farm/overhead.rs"]

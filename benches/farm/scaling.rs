@@ -4,8 +4,9 @@
 //! log says `finished:`, that is after the last frame file is in place. Efficiency = ideal makespan (frames × frame
 //! time ÷ volunteers) ÷ measured makespan; goal ≥ 0.95.
 //!
-//! The host's folders (JOBDIR, RENDERDIR, state) are under --tmp, on disk, where its fsyncs cost what they cost an
-//! owner. The volunteers' caches go to tmpfs (/dev/shm) when there is one: on a real farm each volunteer writes to its
+//! The host's folders (JOBDIR, RENDERDIR, state) are on disk, where its fsyncs cost what they cost an owner: on a
+//! fresh ext4 file system in a loop-mounted image under --tmp (`loopdisk`: this VM's own file system made the figures
+//! depend on what was deleted before the run), or in --tmp itself where no file system can be made. The volunteers' caches go to tmpfs (/dev/shm) when there is one: on a real farm each volunteer writes to its
 //! own disk, and 50 of them creating and deleting files on the host's file system would slow the host's fsyncs (an
 //! ext4 fsync commits the whole journal). Three runs (one with --quick), each with a fresh farm; the median counts.
 //! Then as many runs with the disk busy: a thread of this benchmark ([`common::DiskBusy`]) writes and fsyncs 4 MiB
@@ -25,7 +26,10 @@ use blenderdist::{
     store::state::{JobRecord, StateStore},
 };
 
-use crate::common::{self, note, row, secs, DiskBusy, Farm, LogTail, Opts, Stamped};
+use crate::{
+    common::{self, note, row, secs, DiskBusy, Farm, LogTail, Opts, Stamped},
+    loopdisk::LoopDisk,
+};
 
 const VOLUNTEERS: usize = 50;
 const FRAME_MS: u64 = 100;
@@ -60,13 +64,27 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let ideal = sizes.ideal();
     let shm = Path::new("/dev/shm").is_dir().then(|| Path::new("/dev/shm"));
     let what = format!("{volunteers} volunteers × {frames} frames of {} ms", frame_time.as_millis());
-    // Every run's folders stay until the end: see [`RunFolders`].
+    // The host's folders go on a file system made for this benchmark (see `loopdisk`), else in --tmp as it is.
+    let disk = LoopDisk::make(&opts.tmp);
+    let root = disk.as_ref().map_or(opts.tmp.clone(), |d| d.dir().to_path_buf());
+    match &disk {
+        Ok(_) => note(&format!(
+            "Scaling ({what}): the host's folders were on a fresh ext4 file system (mkfs.ext4 defaults, journal on) \
+             in a loop-mounted image under {}.",
+            opts.tmp.display()
+        )),
+        Err(e) => note(&format!(
+            "Scaling ({what}): the host's folders were in {} as it is; no fresh file system for them: {e:#}.",
+            opts.tmp.display()
+        )),
+    }
+    // Every run's folders stay until the end: see [`RunFolders`]. Dropped before the file system they are on.
     let mut kept = RunFolders::default();
     for busy in [false, true] {
         let mut makespans = Vec::new();
         let mut rates = Vec::new();
         for run in 1..=runs {
-            let dir = opts.temp_dir("scaling")?;
+            let dir = opts.temp_dir_in(&root, "scaling")?;
             let caches = volunteer_dir(shm, dir.path())?;
             // Bounded: stopped when the run ends, and by itself after the run's own time limit.
             let writer = if busy { Some(DiskBusy::start(dir.path(), limit(sizes) * 2)?) } else { None };
@@ -108,7 +126,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
             note(&format!("Scaling: efficiency of each quiet run, the median counting: {}.", all.join(", ")));
         }
     }
-    let probe = opts.temp_dir("fsync-probe")?;
+    let probe = opts.temp_dir_in(&root, "fsync-probe")?;
     let (files, commit) = store_cost(probe.path().to_path_buf()).await?;
     note(&format!(
         "Scaling: what storing one frame costs the host on this disk (200 tries, mean and slowest): writing a small \

@@ -1,5 +1,5 @@
 //! Stalls: the longest time the host's event loop goes without answering, seen from outside, while it hashes a big
-//! .blend and stores frames. The release binary runs `host` on 127.0.0.1 with its folders under --tmp, on disk. Fake
+//! .blend and stores frames. The release binary runs `host` on 127.0.0.1 with its folders on disk. Fake
 //! volunteers in this process (20, one slot each, 100 ms frames; `--volunteers N --frame-ms N` pick others, their
 //! caches on tmpfs when there is one) render and upload frames of a job of 100,000 frames the whole time. A bare
 //! libp2p peer from `blenderdist::net::spawn`, on a thread and runtime of its own, sends every 5 ms, without waiting
@@ -9,10 +9,14 @@
 //! fetches it, and the probe goes on until the job log says `accepted:` (the host has hashed the file) and 1 s more.
 //! The figure is the longest the host's loop went without polling its events in that phase, as the loop measures it
 //! itself (`host::pulse`, turned on by `BLENDERDIST_LOOP_PULSE`: a pulse every 5 ms, the worst lateness logged every
-//! 250 ms). Goal ≤ 50 ms. A second row gives the longest round trip of a request sent in that phase, seen from
-//! outside: it also holds both network tasks and this process's scheduling, so it is an upper bound (the probe's
-//! own thread went without a core for up to 137 ms when the hash took one of the two). The notes add the longest gap
-//! between answers, the 99th percentile and the frames stored per second.
+//! 250 ms). Goal ≤ 50 ms. Beside the loop's lateness each report gives a bare thread's of the same process (it only
+//! sleeps 5 ms at a time), and the second row is the loop's worst in the reports where that thread woke within 5 ms:
+//! the machine was giving threads their turn, so a late loop was busy with something of its own. A third row gives
+//! the longest round trip of a request sent in that phase, seen from outside: it also holds both network tasks and
+//! this process's scheduling, so it is an upper bound (the probe's own thread went without a core for up to 137 ms
+//! when the hash took one of the two). The notes add the longest gap between answers, the 99th percentile and the
+//! frames stored per second. The host's folders are on a fresh ext4 file system made for the run (`loopdisk`), or
+//! in --tmp where none can be made.
 
 use std::{
     sync::{
@@ -33,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     common::{self, note, row, LogTail, Opts, Stamped},
+    loopdisk::LoopDisk,
     procs::{self, Proc},
 };
 
@@ -47,7 +52,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<()> {
     let volunteers = opts.volunteers.unwrap_or(VOLUNTEERS);
     let frame_time = Duration::from_millis(opts.frame_ms.unwrap_or(FRAME_MS));
     let baseline_for = Duration::from_secs(if opts.quick { 2 } else { 3 });
-    let dir = opts.temp_dir("stalls")?;
+    let disk = LoopDisk::make(&opts.tmp);
+    if let Err(e) = &disk {
+        note(&format!("Stalls: the host's folders were in {} as it is: {e:#}.", opts.tmp.display()));
+    }
+    let dir = opts.temp_dir_in(disk.as_ref().map_or(opts.tmp.as_path(), |d| d.dir()), "stalls")?;
     let (jobdir, renderdir) = (dir.path().join("jobs"), dir.path().join("renders"));
     std::fs::create_dir_all(&jobdir)?;
     common::write_fake_blend(&jobdir.join("work.blend"), 64 * 1024, 11)?;
