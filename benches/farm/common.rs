@@ -440,15 +440,21 @@ pub fn write_fake_blend(path: &Path, size: usize, mut seed: u64) -> anyhow::Resu
 pub struct Stamped {
     inner: FakeRenderer,
     starts: std::sync::Mutex<Vec<Instant>>,
+    ends: std::sync::Mutex<Vec<Instant>>,
 }
 
 impl Stamped {
     pub fn fake(delay: Duration) -> Self {
-        Self { inner: FakeRenderer::new(delay), starts: Default::default() }
+        Self { inner: FakeRenderer::new(delay), starts: Default::default(), ends: Default::default() }
     }
 
     pub fn starts(&self) -> Vec<Instant> {
         self.starts.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// When each render returned, in order.
+    pub fn ends(&self) -> Vec<Instant> {
+        self.ends.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -457,6 +463,10 @@ impl Renderer for Stamped {
         if let Ok(mut starts) = self.starts.lock() {
             starts.push(Instant::now());
         }
-        self.inner.render(request).await
+        let rendered = self.inner.render(request).await;
+        if let Ok(mut ends) = self.ends.lock() {
+            ends.push(Instant::now());
+        }
+        rendered
     }
 }

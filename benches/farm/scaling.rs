@@ -291,6 +291,22 @@ fn describe(
     let gaps: Vec<f64> =
         starts.iter().flat_map(|s| s.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)).collect();
     let mean_gap = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
+    // A render's own time (the fake's sleep and its two file trips), and the slot's time from one render's end to
+    // the next one's start (the volunteer's own work between frames).
+    let ends: Vec<Vec<Instant>> = renderers.iter().map(|r| r.ends()).collect();
+    let mean_ms = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let took: Vec<f64> = starts
+        .iter()
+        .zip(&ends)
+        .flat_map(|(s, e)| s.iter().zip(e).map(|(s, e)| (*e - *s).as_secs_f64() * 1000.0))
+        .collect();
+    let between: Vec<f64> = starts
+        .iter()
+        .zip(&ends)
+        .flat_map(|(s, e)| {
+            e.iter().zip(s.iter().skip(1)).map(|(e, s)| s.saturating_duration_since(*e).as_secs_f64() * 1000.0)
+        })
+        .collect();
     let firsts: Vec<Instant> = starts.iter().filter_map(|s| s.first().copied()).collect();
     // With every volunteer busy a render starts somewhere every frame time ÷ volunteers; a long pause means the farm
     // stalled (for instance the host's loop waiting on the disk while volunteers wait for their uploads to be stored).
@@ -302,7 +318,8 @@ fn describe(
         "Scaling run ({label}, {volunteers} volunteers, {} ms frames): {} volunteers connected in {}; they began their \
          first render {}–{} after the job file; the last render started at {}, makespan {}; {} renders for {frames} \
          frames; {min}–{max} frames per volunteer; {mean_gap:.1} ms on average from one render's start to the next on \
-         a volunteer; longest time with no render starting anywhere {:.0} ms; during the makespan the host process used {host_cpu:.2} \
+         a volunteer, of which {:.1} ms in the render (the fake's sleep and file trips) and {:.1} ms from its end to the next \
+         render's start; longest time with no render starting anywhere {:.0} ms; during the makespan the host process used {host_cpu:.2} \
          CPU seconds ({:.2} ms per frame) and the volunteers' process {cpu:.2} ({:.2} ms per frame), together {:.0}% \
          of the machine's {} cores.",
         frame_time.as_millis(),
@@ -313,6 +330,8 @@ fn describe(
         secs(*last - t0),
         secs(makespan),
         all.len(),
+        mean_ms(&took),
+        mean_ms(&between),
         pause.as_secs_f64() * 1000.0,
         host_cpu * 1000.0 / f64::from(frames),
         cpu * 1000.0 / f64::from(frames),

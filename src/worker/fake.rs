@@ -13,7 +13,8 @@ use std::{
 
 use super::blender::{RenderError, RenderRequest, RenderedFrame, Renderer};
 
-/// Writes a small deterministic file per frame after `delay`; frames in `fail` fail.
+/// Writes a small deterministic file per frame and returns `delay` after it was called (its file work within that
+/// time); frames in `fail` fail after `delay`.
 #[derive(Debug, Default)]
 pub struct FakeRenderer {
     pub delay: Duration,
@@ -89,6 +90,8 @@ impl FakeRenderer {
 
 impl Renderer for FakeRenderer {
     async fn render(&self, request: &RenderRequest) -> Result<RenderedFrame, RenderError> {
+        // A render takes `delay` in all, its file work included, as a Blender frame's time includes writing its image.
+        let done_at = tokio::time::Instant::now() + self.delay;
         // Named by the .blend's content hash, as the file is laid out under its owner's name on every version.
         let name = self.blend_hash(&request.blend).await?;
         if let Ok(mut v) = self.rendered.lock() {
@@ -104,14 +107,15 @@ impl Renderer for FakeRenderer {
             }
         }
         let _done = Done(&self.active);
-        tokio::time::sleep(self.delay).await;
         if self.fail.contains(&request.frame) {
+            tokio::time::sleep_until(done_at).await;
             return Err(RenderError::new(format!("fake failure of frame {}", request.frame)));
         }
         let path = request.out_dir.join(format!("frame_{:04}.png", request.frame));
         tokio::fs::write(&path, Self::content(&name, request.frame))
             .await
             .map_err(|e| RenderError::new(format!("cannot write {}: {e}", path.display())))?;
+        tokio::time::sleep_until(done_at).await;
         Ok(RenderedFrame { path, ext: "png".into(), outputs: Vec::new() })
     }
 }
