@@ -132,7 +132,7 @@ where
             Ok(value) => return Ok(value),
             Err(e) if tries < ATTEMPTS && !matches!(e.downcast_ref(), Some(NetError::Unsupported { .. })) => {
                 debug!("chunk exchange with the owner failed ({e:#}); trying again");
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
+                tokio::time::sleep(super::super::frame::retry_pause(tries)).await;
             }
             Err(e) => return Err(e),
         }
