@@ -240,7 +240,9 @@ pub(super) fn refusal(error_text: &str, ours: Option<&SwarmKey>) -> Option<&'sta
         // garbage that came first). An open node fails it only when it closes connections still in their handshake
         // because too many are (hundreds of volunteers starting at once): the dialler tries again by itself.
         None if error_text.to_lowercase().contains("handshake failed") => Some(
-            "the host refused the connection: this farm is private; ask its owner for the join line with --swarm-key              (unless the farm is open and the host too busy with other volunteers' handshakes: then this one tries              again)",
+            "the host refused the connection: this farm is private; ask its owner for the join line with --swarm-key \
+             (unless the farm is open and the host too busy with other volunteers' handshakes: then this one tries \
+             again)",
         ),
         None => None,
         Some(_) if has(&KeyHandshakeError::Mismatch.to_string()) => Some(
@@ -376,6 +378,13 @@ mod tests {
         std::fs::write(&path, "junk").unwrap();
         let e = SwarmKey::load_or_create(&path).unwrap_err().to_string();
         assert!(e.contains("swarm.key") && e.contains("not a swarm key"), "{e}");
+    }
+
+    #[test]
+    fn a_keyless_refusal_reads_as_one_sentence() {
+        let words = refusal("Handshake failed: connection reset", None).expect("a refusal");
+        assert!(words.starts_with("the host refused the connection: this farm is private;"), "{words}");
+        assert!(!words.contains("  ") && !words.contains('\n'), "{words:?}");
     }
 
     #[test]
