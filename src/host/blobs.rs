@@ -369,12 +369,19 @@ impl BlobServer {
         // came in one batch (see `check::check_frame_bytes`).
         let (ext, want, frame_itself) = (upload.ext.clone(), upload.want, upload.output.is_none() && !upload.check);
         let check = move |path: &Path, whole: Option<&[u8]>| {
-            let checked = match whole {
-                _ if !frame_itself => return None,
+            if !frame_itself {
+                return None;
+            }
+            // A decoder that panics on a volunteer's bytes refuses the frame like any undecodable one (the frame is
+            // rendered elsewhere and the sender charged), rather than failing the upload as if the transport had.
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match whole {
                 Some(bytes) => check::check_frame_bytes(bytes, &ext, want),
                 None => check::check_frame(path, &ext, want),
-            };
-            checked.err()
+            }));
+            match checked {
+                Ok(checked) => checked.err(),
+                Err(_) => Some(FrameProblem::Unreadable("its decoder failed".into())),
+            }
         };
         let problem = match receive_verified_then(stream, size, &hash, &temp, check).await {
             Ok(problem) => problem,
